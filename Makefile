@@ -1,0 +1,43 @@
+# Everything a person or CI does goes through these targets.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MLFLOW_ALLOW_PICKLE_DESERIALIZATION := false
+
+.PHONY: setup setup-test demo test test-slow lint bench clean
+
+$(BIN)/tidal: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) -e .
+	touch $@
+
+setup: $(BIN)/tidal  ## create .venv and install Tidal
+
+$(VENV)/.test-deps: $(BIN)/tidal
+	$(PIP) -e '.[test]'
+	touch $@
+
+setup-test: $(VENV)/.test-deps
+
+demo: setup  ## the end-to-end story in a fresh temporary workspace
+	$(BIN)/tidal demo
+
+test: setup-test lint  ## the whole suite (unit, integration, e2e), under 15 minutes
+	$(BIN)/pytest -m "not slow" -q
+
+test-slow: setup-test
+	$(BIN)/pytest -m slow -q
+
+lint: setup-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+bench: setup-test  ## performance figures (not part of make test)
+	$(BIN)/python bench/pipeline_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,548 @@
+"""The ``tidal`` command: a thin Typer shell over service functions that return data.
+
+Every command takes ``--json`` (machine-readable output on stdout; progress and messages go
+to stderr). Exit codes: 0 success / promoted, 1 internal error, 2 usage or configuration error,
+3 rejected by the gate, 4 data rejected by validation, 75 temporary failure (retry may help).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tidal.errors import EXIT_INVALID_DATA, EXIT_REJECTED, TidalError, UsageError
+
+app = typer.Typer(
+    name="tidal",
+    help="Continuous training and serverless serving: data lands, a better model serves.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="Registered model versions.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys for the endpoint.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+WS_OPT = typer.Option(None, "--workspace", "-w", help="Workspace folder (default: nearest tidal.yaml).")
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, sort_keys=True) + "\n")
+
+
+def reported(fn: F) -> F:
+    """Turn TidalErrors into a message (JSON with --json) and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TidalError as exc:
+            if kwargs.get("as_json"):
+                _print_json({"error": exc.to_dict()})
+            else:
+                err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+                if exc.hint:
+                    err.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
+            raise typer.Exit(exc.exit_code) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _workspace(path: Path | None) -> Any:
+    from tidal.workspace import Workspace
+
+    return Workspace.open(path)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("tidal").setLevel(logging.INFO)
+
+
+# -- init -------------------------------------------------------------------------------------
+
+
+@app.command()
+@reported
+def init(
+    folder: Path = typer.Argument(Path("."), help="Folder of the new workspace."),
+    example: str | None = typer.Option(None, help="Example data: tabular (breast cancer) or wine."),
+    task: str = typer.Option("tabular", help="tabular or text."),
+    label: str | None = typer.Option(None, help="Name of the label column in your files."),
+    text_column: str | None = typer.Option(None, help="Text tasks: the column holding the text."),
+    force: bool = typer.Option(False, help="Overwrite an existing tidal.yaml."),
+    print_config: bool = typer.Option(False, help="Print the default tidal.yaml and exit."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Create a workspace: a commented tidal.yaml (and example data with --example)."""
+    from tidal.config import Config, render_yaml
+    from tidal.examples import init_workspace
+
+    if print_config:
+        sys.stdout.write(render_yaml(Config()))
+        return
+    result = init_workspace(folder, example=example, task=task, label=label,
+                            text_column=text_column, force=force)
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"Workspace ready in [bold]{result['workspace']}[/]")
+    for path in result["files"]:
+        out.print(f"  wrote {path}", highlight=False)
+    if example:
+        out.print(f"\nNext: cd {folder} && tidal run data/batch-1.csv", highlight=False)
+
+
+# -- run / ingest / up / serve ----------------------------------------------------------------
+
+
+class StepProgress:
+    """Shows the current step and training progress on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and err.is_terminal
+        self.status = err.status("starting…") if self.enabled else None
+        self.quiet = not enabled
+
+    def __enter__(self) -> StepProgress:
+        if self.status is not None:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+    def __call__(self, step: str, info: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        event = info.get("event")
+        if event == "start" and self.status is not None:
+            self.status.update(f"{step}…")
+        elif event == "progress" and self.status is not None:
+            extra = " ".join(f"{k} {v:.4g}" for k, v in info.items()
+                             if isinstance(v, float) and k not in ("step", "total"))
+            self.status.update(f"{step}: step {info.get('step')}/{info.get('total')} {extra}")
+        elif event == "done":
+            err.print(f"  [green]✓[/] {step:<9} {info['seconds']:.2f} s", highlight=False)
+
+
+def _resolve_source(ctrl: Any, target: str) -> tuple[str, str | None]:
+    """A store URI as it is; a local file (or a URI outside the store) copied into incoming/."""
+    store = ctrl.ws.store
+    if target.startswith(store.root + "/"):
+        return target, None
+    if "://" in target and not target.startswith("file://"):
+        raise UsageError(
+            f"{target} is outside the workspace store {store.root}",
+            hint="copy it into the store's incoming/ prefix, or give a local file",
+        )
+    path = Path(target[len("file://"):] if target.startswith("file://") else target)
+    return ctrl.ingest(path)
+
+
+def _record_exit(record: dict[str, Any]) -> int:
+    decision = record.get("decision")
+    return {"promoted": 0, "rejected": EXIT_REJECTED, "invalid": EXIT_INVALID_DATA}.get(
+        str(decision), 1
+    )
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    decision = record.get("decision")
+    color = {"promoted": "green", "rejected": "yellow", "invalid": "red"}.get(str(decision), "red")
+    head = f"[bold {color}]{decision}[/]"
+    if record.get("version"):
+        head += f"  version v{record['version']}"
+    head += f"  champion: {('v' + str(record['champion'])) if record.get('champion') else 'none'}"
+    if record.get("repeated"):
+        head += "  [dim](already run; earlier record)[/]"
+    out.print(head, highlight=False)
+    cand = (record.get("metrics") or {}).get("candidate") or {}
+    champ = (record.get("metrics") or {}).get("champion") or {}
+    if cand:
+        table = Table(box=None, pad_edge=False)
+        table.add_column("slice")
+        table.add_column("rows", justify="right")
+        table.add_column("accuracy", justify="right")
+        table.add_column("macro-F1", justify="right")
+        if champ:
+            table.add_column(f"champion v{record.get('champion_before')} acc/F1", justify="right")
+        for name, m in cand.items():
+            row = [name, str(int(m["rows"])), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}"]
+            if champ:
+                c = champ.get(name, {})
+                row.append(f"{c.get('accuracy', 0):.3f} / {c.get('macro_f1', 0):.3f}")
+            table.add_row(*row)
+        out.print(table)
+    for reason in record.get("reasons") or []:
+        out.print(f"  - {reason}", highlight=False)
+    if record.get("quarantine"):
+        out.print(f"  moved to {record['quarantine']}", highlight=False)
+    out.print(f"  {record.get('seconds', 0):.2f} s", highlight=False)
+
+
+@app.command()
+@reported
+def run(
+    target: str = typer.Argument(..., help="A CSV/JSON Lines file, or a URI in the store."),
+    workspace: Path | None = WS_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Run the whole pipeline for one file, now, and print the decision."""
+    from tidal.controller import Controller
+
+    ws = _workspace(workspace)
+    with StepProgress(enabled=not as_json) as progress:
+        ctrl = Controller(ws, progress=progress)
+        uri, sha = _resolve_source(ctrl, target)
+        record = ctrl.run_object(uri, sha)
+    if as_json:
+        _print_json(record)
+    else:
+        _print_record(record)
+    code = _record_exit(record)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@reported
+def ingest(
+    files: list[Path] = typer.Argument(..., help="Files to copy into incoming/."),
+    workspace: Path | None = WS_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Copy files into the store's incoming/ prefix; a running 'tidal up' picks them up."""
+    from tidal.controller import Controller
+
+    ctrl = Controller(_workspace(workspace))
+    done = []
+    for path in files:
+        uri, sha = ctrl.ingest(path)
+        done.append({"file": str(path), "uri": uri, "sha256": sha})
+    if as_json:
+        _print_json(done)
+        return
+    for item in done:
+        out.print(f"{item['file']} → {item['uri']}", highlight=False)
+
+
+def build_endpoint(ws: Any) -> Any:
+    from tidal.serving.gateway import build_app
+    from tidal.serving.slot import ModelSlot, SingleVariantRouter
+
+    slot = ModelSlot(source=lambda: ws.state.current_deployment(ws.model_name))
+    return build_app(ws.config.serving, SingleVariantRouter(slot))
+
+
+@app.command()
+@reported
+def up(
+    workspace: Path | None = WS_OPT,
+    port: int | None = typer.Option(None, help="Endpoint port (default: serving.port)."),
+    serve_endpoint: bool = typer.Option(True, "--serve/--no-serve", help="Also run the endpoint."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the controller (watching incoming/) and the endpoint until Ctrl-C."""
+    from tidal.controller import Controller
+    from tidal.serving.server import BackgroundServer
+
+    overrides = {"serving": {"port": port}} if port else None
+    from tidal.workspace import Workspace
+
+    ws = Workspace.open(workspace, overrides=overrides)
+    _setup_logging(verbose)
+    stop = threading.Event()
+    server = None
+    if serve_endpoint:
+        server = BackgroundServer(build_endpoint(ws), ws.config.serving.host, ws.config.serving.port)
+        server.start()
+        err.print(f"endpoint on {server.url}", highlight=False)
+    err.print(f"watching {ws.store.uri('incoming/')} (Ctrl-C stops)", highlight=False)
+    progress = StepProgress(enabled=False)
+    try:
+        Controller(ws, progress=progress).serve_forever(stop)
+    except KeyboardInterrupt:
+        err.print("stopping…")
+    finally:
+        stop.set()
+        if server is not None:
+            server.stop()
+
+
+@app.command()
+@reported
+def serve(
+    workspace: Path | None = WS_OPT,
+    host: str | None = typer.Option(None, help="Bind address (default: serving.host)."),
+    port: int | None = typer.Option(None, help="Port (default: serving.port)."),
+) -> None:
+    """Run the endpoint alone, serving the champion (follows new deployments)."""
+    from tidal.serving.server import serve as run_server
+    from tidal.workspace import Workspace
+
+    serving: dict[str, Any] = {}
+    if host:
+        serving["host"] = host
+    if port:
+        serving["port"] = port
+    ws = Workspace.open(workspace, overrides={"serving": serving} if serving else None)
+    _setup_logging()
+    err.print(f"endpoint on http://{ws.config.serving.host}:{ws.config.serving.port}", highlight=False)
+    run_server(build_endpoint(ws), ws.config.serving.host, ws.config.serving.port)
+
+
+# -- predict ----------------------------------------------------------------------------------
+
+
+def _rows_from_file(path: Path, features: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    from tidal.data.validate import read_table
+
+    frame = read_table(path.read_bytes(), path.name)
+    missing = [f for f in features if f not in frame.columns]
+    if missing:
+        raise UsageError(f"{path.name} lacks features {', '.join(repr(m) for m in missing)}")
+    ignored = [c for c in frame.columns if c not in features]
+    frame = frame[features].astype(object)
+    rows = frame.where(frame.notna(), None).to_dict("records")
+    return rows, ignored
+
+
+@app.command()
+@reported
+def predict(
+    data: str | None = typer.Argument(None, help="A JSON object, or a CSV row in feature order."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="A CSV or JSON Lines file."),
+    url: str | None = typer.Option(None, help="Endpoint URL (default: the workspace endpoint)."),
+    api_key: str | None = typer.Option(None, envvar="TIDAL_API_KEY", help="Bearer key, if required."),
+    workspace: Path | None = WS_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Predict with the champion: through the endpoint if it runs, else in-process."""
+    from tidal.overview import endpoint_health
+
+    if (data is None) == (file is None):
+        raise UsageError("give either DATA or --file", hint='tidal predict \'{"x": 1}\' or --file rows.csv')
+    ws = _workspace(workspace)
+    target = url or ws.endpoint_url
+    health = endpoint_health(target)
+    if health.get("ready"):
+        result = _predict_http(target, data, file, ws, api_key)
+        result["via"] = target
+    else:
+        if url:
+            raise UsageError(f"no endpoint ready at {url}", hint="start one with 'tidal up'")
+        result = _predict_local(ws, data, file)
+        result["via"] = "in-process (no endpoint running)"
+    if as_json:
+        _print_json(result)
+        return
+    err.print(f"[dim]v{result['model_version']} via {result['via']}[/]", highlight=False)
+    for p in result["predictions"]:
+        out.print(f"{p['label']}\t{p['score']:.4f}", highlight=False)
+
+
+def _local_predictor(ws: Any) -> Any:
+    from tidal.artifact import load_predictor
+
+    deployment = ws.state.current_deployment(ws.model_name)
+    if deployment is None:
+        raise UsageError("no model is deployed yet", hint="train one with 'tidal run FILE'")
+    return deployment, load_predictor(Path(deployment.model_dir), deployment.manifest_sha256)
+
+
+def _predict_local(ws: Any, data: str | None, file: Path | None) -> dict[str, Any]:
+    from tidal.serving.inputs import decode_csv, decode_json
+
+    deployment, predictor = _local_predictor(ws)
+    features = predictor.manifest.features
+    if file is not None:
+        rows, ignored = _rows_from_file(file, predictor.manifest.feature_names)
+        rows = decode_json(json.dumps({"instances": rows}).encode(), features)
+    else:
+        assert data is not None
+        raw = data.strip().encode()
+        rows = decode_json(raw, features) if raw[:1] in (b"{", b"[") else decode_csv(raw, features)
+    return {"model_version": deployment.version, "predictions": predictor.predict(rows)}
+
+
+def _predict_http(url: str, data: str | None, file: Path | None, ws: Any, api_key: str | None) -> dict[str, Any]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if file is not None:
+        model = httpx.get(f"{url}/model", timeout=5).json()
+        rows, _ = _rows_from_file(file, [f["name"] for f in model["features"]])
+        body, ctype = json.dumps({"instances": rows}).encode(), "application/json"
+    else:
+        assert data is not None
+        raw = data.strip()
+        ctype = "application/json" if raw[:1] in ("{", "[") else "text/csv"
+        body = raw.encode()
+    response = httpx.post(f"{url}/invocations", content=body,
+                          headers={**headers, "Content-Type": ctype}, timeout=30)
+    payload = response.json()
+    if response.status_code >= 400:
+        error = payload.get("error", {})
+        raise UsageError(f"endpoint answered {response.status_code}: {error.get('message', payload)}")
+    return {"model_version": payload.get("model_version"), "predictions": payload["predictions"],
+            "inference_id": payload.get("inference_id")}
+
+
+# -- status / models / keys -------------------------------------------------------------------
+
+
+@app.command()
+@reported
+def status(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
+    """The champion, the endpoint, the queue and recent runs."""
+    from tidal.overview import status as get_status
+
+    data = get_status(_workspace(workspace))
+    if as_json:
+        _print_json(data)
+        return
+    champ = data["champion"]
+    out.print(f"[bold]{data['project']}[/]  workspace {data['workspace']}", highlight=False)
+    out.print(f"storage   {data['storage']}", highlight=False)
+    if champ:
+        m = champ.get("metrics") or {}
+        out.print(
+            f"champion  v{champ['version']}  accuracy {m.get('accuracy', float('nan')):.3f}  "
+            f"macro-F1 {m.get('macro_f1', float('nan')):.3f}  ({champ['reason']})", highlight=False
+        )
+    else:
+        out.print("champion  none yet (tidal run FILE)")
+    ep = data["endpoint"]
+    state = "down" if not ep.get("up") else f"up, serving v{ep.get('model_version')}"
+    out.print(f"endpoint  {ep['url']} ({state})", highlight=False)
+    out.print(f"queue     {data['queue'] or 'empty'}", highlight=False)
+    if data["recent_runs"]:
+        table = Table("run", "source", "status", "decision", "version", "seconds", box=None)
+        for r in data["recent_runs"]:
+            table.add_row(str(r["run_id"]), Path(r["source"]).name, r["status"], r["decision"] or "",
+                          f"v{r['version']}" if r["version"] else "",
+                          f"{r['seconds']:.1f}" if r["seconds"] else "")
+        out.print(table)
+
+
+@models_app.command("list")
+@reported
+def models_list(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
+    """Every registered version with its decision and metrics."""
+    from tidal.overview import list_models
+
+    rows = list_models(_workspace(workspace))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("version", "decision", "aliases", "accuracy", "macro-F1", "source", box=None)
+    for r in rows:
+        table.add_row(
+            f"v{r['version']}" + (" *" if r["serving"] else ""), r["decision"] or "",
+            ",".join(r["aliases"]), f"{r['accuracy']:.3f}" if r["accuracy"] is not None else "",
+            f"{r['macro_f1']:.3f}" if r["macro_f1"] is not None else "",
+            Path(r["source"] or "").name,
+        )
+    out.print(table)
+    out.print("[dim]* serving[/]")
+
+
+@models_app.command("show")
+@reported
+def models_show(version: str, workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
+    """Metrics, decision record and lineage of one version."""
+    from tidal.overview import show_model
+
+    data = show_model(_workspace(workspace), version.lstrip("v"))
+    if as_json:
+        _print_json(data)
+        return
+    out.print(f"[bold]v{data['version']}[/]  aliases: {', '.join(data['aliases']) or '-'}")
+    record = data.get("decision_record") or {}
+    out.print(f"decision  {record.get('decision')}", highlight=False)
+    for reason in record.get("reasons", []):
+        out.print(f"  - {reason}", highlight=False)
+    out.print("lineage")
+    for key, value in data["lineage"].items():
+        out.print(f"  {key:<16} {value}", highlight=False)
+    out.print("metrics")
+    for key, value in sorted(data["metrics"].items()):
+        out.print(f"  {key:<36} {value:.4f}", highlight=False)
+
+
+@models_app.command("rollback")
+@reported
+def models_rollback(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
+    """Put the previous champion back; the endpoint follows within a second."""
+    from tidal.deploy import rollback
+
+    result = rollback(_workspace(workspace))
+    if as_json:
+        _print_json(result)
+        return
+    out.print(f"champion v{result['from']} → v{result['to']}", highlight=False)
+
+
+@keys_app.command("create")
+@reported
+def keys_create(as_json: bool = JSON_OPT) -> None:
+    """Make an API key; only its hash goes into tidal.yaml."""
+    from tidal.serving.auth import new_key
+
+    key, digest = new_key()
+    if as_json:
+        _print_json({"key": key, "hash": digest})
+        return
+    out.print(f"key   {key}   (shown once; send it as 'Authorization: Bearer <key>')", highlight=False)
+    out.print(f"hash  {digest}", highlight=False)
+    out.print(f"add the hash to serving.api_keys in tidal.yaml, e.g.\n  api_keys: ['{digest}']",
+              highlight=False)
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+@app.command()
+@reported
+def demo(
+    example: str = typer.Option("tabular", help="Which example story to tell."),
+    keep: Path | None = typer.Option(None, help="Keep the workspace in this folder."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """The whole story in a fresh workspace: promote, improve, reject, quarantine."""
+    from tidal.demo import run_demo
+
+    summary = run_demo(example=example, keep=keep, console=None if as_json else out)
+    if as_json:
+        _print_json(summary)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Typed configuration, built once at the edge (CLI or app factory) and passed down.
+
+Precedence, lowest to highest: the defaults below < ``tidal.yaml`` < ``TIDAL_*`` environment
+variables < command-line flags. A variable names a key by its path with ``__`` between levels:
+``TIDAL_SERVING__PORT=9000`` sets ``serving.port``; values are parsed as YAML scalars.
+
+``render_yaml`` writes the commented ``tidal.yaml`` that ``tidal init`` creates, from the same
+models, so the file always lists every key with its default and its meaning.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from tidal.errors import ConfigError
+
+CONFIG_FILE = "tidal.yaml"
+ENV_PREFIX = "TIDAL_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class StorageConfig(_Section):
+    uri: str | None = Field(
+        None,
+        description="Bucket root: file:///path or s3://bucket/prefix. "
+        "Empty means file://<workspace>/.tidal/store.",
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (SeaweedFS, MinIO); empty for AWS."
+    )
+    key: SecretStr | None = Field(
+        None, description="S3 access key id; prefer the AWS_ACCESS_KEY_ID variable."
+    )
+    secret: SecretStr | None = Field(
+        None, description="S3 secret key; prefer the AWS_SECRET_ACCESS_KEY variable."
+    )
+    region: str | None = Field(None, description="S3 region, if the server needs one.")
+
+
+class DataConfig(_Section):
+    task: Literal["tabular", "text"] = Field("tabular", description="tabular or text.")
+    label_column: str = Field("label", description="Column holding the label.")
+    text_column: str | None = Field(None, description="Text tasks: the column with the text.")
+    feature_columns: list[str] | None = Field(
+        None, description="Feature columns; empty means every column but the label."
+    )
+    holdout_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=0.9,
+        description="Share of the first accepted file frozen as the gate's holdout.",
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=0.9, description="Share of each file kept as its test split."
+    )
+    accumulate: bool = Field(
+        True, description="Train on every accepted file so far (false: the new file only)."
+    )
+    seed: int = Field(42, description="Seed for splits and training.")
+
+
+class ValidationConfig(_Section):
+    min_rows: int = Field(20, ge=1, description="Fewest rows a file may have.")
+    max_missing_rate: float = Field(
+        0.1, ge=0, le=1, description="Largest share of empty cells allowed in any column."
+    )
+    max_duplicate_rate: float = Field(
+        0.5, ge=0, le=1, description="Largest share of duplicated rows allowed."
+    )
+    max_label_shift: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Largest total-variation distance between a file's label distribution "
+        "and the first accepted file's.",
+    )
+    allow_new_labels: bool = Field(
+        False, description="Accept labels the first accepted file did not have."
+    )
+
+
+class TrainingConfig(_Section):
+    recipe: Literal["tabular", "text", "script"] = Field(
+        "tabular", description="Training recipe: tabular (scikit-learn), text, script."
+    )
+    executor: Literal["local"] = Field(
+        "local", description="Where training runs: local (a subprocess)."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Recipe hyperparameters, e.g. {model: logistic_regression} for tabular.",
+    )
+    timeout_s: int = Field(3600, ge=1, description="A training job running longer is stopped.")
+
+
+class GateConfig(_Section):
+    min_accuracy: float = Field(
+        0.7, ge=0, le=1, description="Candidate accuracy floor on every evaluation slice."
+    )
+    min_macro_f1: float = Field(
+        0.6, ge=0, le=1, description="Candidate macro-F1 floor on every evaluation slice."
+    )
+    tolerance: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="How much worse than the champion the candidate may be on the shared data.",
+    )
+
+
+class RegistryConfig(_Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; empty means sqlite:///<workspace>/.tidal/mlflow.db."
+    )
+    model_name: str | None = Field(
+        None, description="Registered model name; empty means the project name."
+    )
+
+
+class ServingConfig(_Section):
+    host: str = Field("127.0.0.1", description="Address the endpoint binds to.")
+    port: int = Field(8080, ge=1, le=65535, description="Port of the endpoint.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="sha256 hashes of API keys ('tidal keys create' prints one).",
+    )
+    require_key_for_predict: bool = Field(
+        False, description="Require an API key on prediction routes too (admin routes always do)."
+    )
+    max_payload_mb: float = Field(4.0, gt=0, description="Largest request body (SageMaker: 4 MB).")
+    reload_interval_s: float = Field(
+        0.5, gt=0, description="How often the endpoint checks for a new champion."
+    )
+
+
+class ControllerConfig(_Section):
+    poll_interval_s: float = Field(2.0, gt=0, description="How often incoming/ is listed.")
+    lease_s: float = Field(
+        30.0, gt=1, description="A run whose owner is silent this long is taken over."
+    )
+    max_attempts: int = Field(3, ge=1, description="Tries of a run that fails with a retryable error.")
+
+
+class Config(_Section):
+    project: str = Field("tidal", description="Project name; names the MLflow experiment and model.")
+    storage: StorageConfig = Field(default_factory=StorageConfig)  # type: ignore[arg-type]
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)  # type: ignore[arg-type]
+    training: TrainingConfig = Field(default_factory=TrainingConfig)  # type: ignore[arg-type]
+    gate: GateConfig = Field(default_factory=GateConfig)  # type: ignore[arg-type]
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)  # type: ignore[arg-type]
+    serving: ServingConfig = Field(default_factory=ServingConfig)  # type: ignore[arg-type]
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)  # type: ignore[arg-type]
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or self.project
+
+
+def load_config(
+    workspace: Path,
+    *,
+    environ: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Build the config of ``workspace`` from its tidal.yaml, the environment and overrides."""
+    path = workspace / CONFIG_FILE
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"{path} is not valid YAML: {exc}", hint="fix the file or run 'tidal init' again"
+            ) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, not {type(loaded).__name__}")
+        data = loaded or {}
+    _merge(data, _from_environ(os.environ if environ is None else environ))
+    _merge(data, overrides or {})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+
+
+def _from_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "TIDAL_WORKSPACE":
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        try:
+            node[keys[-1]] = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            node[keys[-1]] = raw
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    lines = [f"invalid configuration (from {path}, TIDAL_* variables or flags):"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key; see 'tidal init --print-config' for all keys")
+        else:
+            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def render_yaml(config: Config) -> str:
+    """The commented tidal.yaml for ``config``: every key, its value and what it means."""
+    out = [
+        "# Tidal workspace configuration. Every key is listed with its default.",
+        "# Environment variables override it: TIDAL_<SECTION>__<KEY>, e.g. TIDAL_SERVING__PORT=9000.",
+        "",
+    ]
+    _render(config, 0, out)
+    return "\n".join(out) + "\n"
+
+
+def _render(model: BaseModel, indent: int, out: list[str]) -> None:
+    pad = "  " * indent
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out.append(f"{pad}{name}:")
+            _render(value, indent + 1, out)
+            if indent == 0:
+                out.append("")
+            continue
+        if field.description:
+            out.append(f"{pad}# {field.description}")
+        if isinstance(value, SecretStr):
+            value = None  # never write secrets back; point to the variables instead
+        dumped = yaml.safe_dump({name: value}, default_flow_style=True, sort_keys=False, width=1000)
+        out.append(pad + dumped.strip()[1:-1].strip())

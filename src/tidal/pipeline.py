@@ -1,0 +1,447 @@
+"""The loop for one object: validate → prepare → train → evaluate → register → deploy.
+
+Each step reads what earlier steps returned (kept in the controller database) and returns a
+small JSON-able dict; the runner records it before moving on, so a run killed at any point
+resumes after its last completed step. Steps are idempotent: a step cut short is done again and
+overwrites its own outputs (keys are per run), and registration looks for an existing version
+before creating one.
+
+Where data lives in the store (``_tidal/`` beside ``incoming/``):
+    _tidal/schema.json                  schema inferred from the first accepted file
+    _tidal/holdout.jsonl (+ .json)      frozen holdout cut from the first accepted file
+    _tidal/datasets/<version>/{train,test}.jsonl
+    _tidal/runs/<run id>/model/         the candidate model folder written by training
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tidal import __version__
+from tidal.errors import DataRejected, NotFound, RetryableError, TidalError
+from tidal.evaluation.gate import Decision
+from tidal.workspace import META, QUARANTINE, Workspace
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tidal.data.schema import Schema
+    from tidal.state import Run
+
+
+class Step(StrEnum):
+    VALIDATE = "validate"
+    PREPARE = "prepare"
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+    REGISTER = "register"
+    DEPLOY = "deploy"
+    DONE = "done"
+
+
+ORDER = [Step.VALIDATE, Step.PREPARE, Step.TRAIN, Step.EVALUATE, Step.REGISTER, Step.DEPLOY]
+NEXT = {step: (ORDER[i + 1] if i + 1 < len(ORDER) else Step.DONE) for i, step in enumerate(ORDER)}
+FIRST = ORDER[0]
+
+SCHEMA_KEY = f"{META}/schema.json"
+HOLDOUT_KEY = f"{META}/holdout.jsonl"
+HOLDOUT_META_KEY = f"{META}/holdout.json"
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+class RunEnded(Exception):  # noqa: N818 - control flow, not an error
+    """A step ended the run early with a decision (data rejected by validation)."""
+
+    def __init__(self, decision: Decision, reasons: list[str], extra: dict[str, Any]) -> None:
+        self.decision = decision
+        self.reasons = reasons
+        self.extra = extra
+
+
+@dataclass
+class RunContext:
+    ws: Workspace
+    run: Run
+    outputs: dict[str, dict[str, Any]]
+    progress: Progress = field(default=lambda step, info: None)
+
+    @property
+    def key(self) -> str:
+        return self.ws.store.key_of(self.run.uri)
+
+    def out(self, step: Step) -> dict[str, Any]:
+        return self.outputs[step.value]
+
+
+# -- steps ------------------------------------------------------------------------------------
+
+
+def validate(ctx: RunContext) -> dict[str, Any]:
+    from tidal.data.validate import check, read_table
+
+    store = ctx.ws.store
+    data = store.get_bytes(ctx.key)
+    schema = load_schema(ctx.ws)
+    try:
+        frame = read_table(data, ctx.key)
+        report = check(frame, schema, ctx.ws.config, name=ctx.key)
+    except DataRejected as exc:
+        target = quarantine(ctx.ws, ctx.key, exc.problems, ctx.run)
+        raise RunEnded(Decision.INVALID, exc.problems, {"quarantine": store.uri(target)}) from exc
+    return {"rows": report.rows, "columns": report.columns, "warnings": report.warnings}
+
+
+def prepare(ctx: RunContext) -> dict[str, Any]:
+    from tidal.data.prepare import dataset_version, split, to_jsonl
+    from tidal.data.schema import infer_schema
+    from tidal.data.validate import coerce, read_table
+
+    ws, store, cfg = ctx.ws, ctx.ws.store, ctx.ws.config
+    frame = read_table(store.get_bytes(ctx.key), ctx.key)
+    schema = load_schema(ws)
+    if schema is None or _created_by(ws, SCHEMA_KEY) == ctx.run.id:
+        schema = infer_schema(frame, cfg.data)
+        payload = json.loads(schema.to_json()) | {"created_by_run": ctx.run.id}
+        store.put_bytes(SCHEMA_KEY, json.dumps(payload, indent=2).encode())
+    frame = coerce(frame, schema)
+    version = dataset_version(ctx.run.sha256)
+    holdout_rows = None
+    if not store.exists(HOLDOUT_META_KEY) or _created_by(ws, HOLDOUT_META_KEY) == ctx.run.id:
+        frame, holdout = split(
+            frame, cfg.data.holdout_fraction, label_column=schema.label_column, seed=cfg.data.seed
+        )
+        store.put_bytes(HOLDOUT_KEY, to_jsonl(holdout))
+        meta = {"created_by_run": ctx.run.id, "dataset_version": version, "rows": len(holdout)}
+        store.put_bytes(HOLDOUT_META_KEY, json.dumps(meta).encode())
+        holdout_rows = len(holdout)
+    train, test = split(frame, cfg.data.test_fraction, label_column=schema.label_column,
+                        seed=cfg.data.seed)
+    prefix = f"{META}/datasets/{version}"
+    store.put_bytes(f"{prefix}/train.jsonl", to_jsonl(train))
+    store.put_bytes(f"{prefix}/test.jsonl", to_jsonl(test))
+    train_uris = [store.uri(f"{prefix}/train.jsonl")]
+    if cfg.data.accumulate:
+        train_uris = accepted_train_sets(ws, exclude=ctx.run.id) + train_uris
+    return {
+        "dataset_version": version,
+        "train_uri": store.uri(f"{prefix}/train.jsonl"),
+        "test_uri": store.uri(f"{prefix}/test.jsonl"),
+        "train_uris": train_uris,
+        "rows": {"train": len(train), "test": len(test), "holdout": holdout_rows},
+        "schema": json.loads(schema.to_json()),
+    }
+
+
+def train(ctx: RunContext) -> dict[str, Any]:
+    import sys
+
+    from tidal.training.executors.base import JobSpec, JobStatus
+    from tidal.training.executors.local import parse_event
+
+    ws, cfg, prep = ctx.ws, ctx.ws.config, ctx.out(Step.PREPARE)
+    output_uri = ws.store.uri(f"{META}/runs/{ctx.run.id}/model")
+    spec = JobSpec(
+        name=f"run-{ctx.run.id}",
+        command=[sys.executable, "-m", "tidal.training.entrypoint"],
+        channels={"train": prep["train_uris"], "test": [prep["test_uri"]]},
+        hyperparameters={
+            "recipe": cfg.training.recipe,
+            "params": cfg.training.params,
+            "seed": cfg.data.seed,
+            "schema": prep["schema"] | {"task": cfg.data.task},
+        },
+        output_uri=output_uri,
+        timeout_s=cfg.training.timeout_s,
+    )
+    executor = ws.executor
+    handle = executor.submit(spec)
+    for line in executor.logs(handle):
+        event = parse_event(line)
+        if event is not None and event.get("event") == "progress":
+            ctx.progress("train", event)
+    result = executor.collect(handle)
+    if result.status == JobStatus.INTERRUPTED:
+        raise RetryableError(f"training job {spec.name} was interrupted; it will be retried")
+    if result.status != JobStatus.SUCCEEDED:
+        tail = "\n".join(result.log_tail[-15:])
+        raise TidalError(f"training job {spec.name} failed (exit {result.exit_code}):\n{tail}")
+    manifest_key = ws.store.key_of(output_uri) + "/tidal-model.json"
+    return {
+        "model_uri": output_uri,
+        "manifest_sha256": ws.store.sha256(manifest_key),
+        "executor": executor.name,
+        "train_seconds": round(result.seconds, 3),
+        "train_metrics": result.metrics,
+        "train_sets": len(prep["train_uris"]),
+    }
+
+
+def evaluate(ctx: RunContext) -> dict[str, Any]:
+    from tidal.artifact import load_predictor
+    from tidal.data.prepare import from_jsonl
+    from tidal.evaluation.gate import decide
+
+    ws, store = ctx.ws, ctx.ws.store
+    trained, prep = ctx.out(Step.TRAIN), ctx.out(Step.PREPARE)
+    local = ws.path("cache") / f"run-{ctx.run.id}" / "model"
+    store.get_dir(store.key_of(trained["model_uri"]), local)
+    candidate = load_predictor(local, trained["manifest_sha256"])
+    slices = {
+        "holdout": from_jsonl(store.get_bytes(HOLDOUT_KEY)),
+        f"test:{Path(ctx.key).name}": from_jsonl(store.get_bytes(store.key_of(prep["test_uri"]))),
+    }
+    label = prep["schema"]["label_column"]
+    candidate_scores = score(candidate, slices, label)
+    champion_scores, champion_version = None, None
+    deployment = ws.state.current_deployment(ws.model_name)
+    if deployment is not None:
+        champion = load_predictor(Path(deployment.model_dir), deployment.manifest_sha256)
+        champion_scores, champion_version = score(champion, slices, label), deployment.version
+    result = decide(candidate_scores, champion_scores, ws.config.gate,
+                    champion_version=champion_version)
+    return result.to_dict()
+
+
+def register(ctx: RunContext) -> dict[str, Any]:
+    ws = ctx.ws
+    prep, trained, gate = ctx.out(Step.PREPARE), ctx.out(Step.TRAIN), ctx.out(Step.EVALUATE)
+    local = ws.path("cache") / f"run-{ctx.run.id}" / "model"
+    if not (local / "tidal-model.json").exists():
+        ws.store.get_dir(ws.store.key_of(trained["model_uri"]), local)
+    metrics = {f"candidate.{s}.{m}": v for s, ms in gate["candidate"].items() for m, v in ms.items()}
+    if gate["champion"]:
+        metrics |= {f"champion.{s}.{m}": v for s, ms in gate["champion"].items() for m, v in ms.items()}
+    metrics |= {f"train.{k}": v for k, v in trained["train_metrics"].items()}
+    metrics["compute_seconds"] = trained["train_seconds"]
+    tags = {
+        "tidal.decision": gate["decision"],
+        "tidal.source_uri": ctx.run.uri,
+        "tidal.source_sha256": ctx.run.sha256,
+        "tidal.dataset_version": prep["dataset_version"],
+        "tidal.training_sets": json.dumps(prep["train_uris"]),
+        "tidal.manifest_sha256": trained["manifest_sha256"],
+        "tidal.code_version": __version__,
+        "tidal.recipe": ws.config.training.recipe,
+    }
+    params = {
+        "recipe": ws.config.training.recipe,
+        "executor": trained["executor"],
+        **{f"param.{k}": v for k, v in ws.config.training.params.items()},
+        "train_rows": prep["rows"]["train"],
+        "seed": ws.config.data.seed,
+    }
+    record = build_record(ctx, gate["decision"], version=None)
+    info = ws.registry.register(
+        run_id=ctx.run.id, model_dir=local, params=params, metrics=metrics, tags=tags, record=record
+    )
+    return {"version": info.version, "mlflow_run_id": info.run_id}
+
+
+def deploy(ctx: RunContext) -> dict[str, Any]:
+    ws = ctx.ws
+    gate, reg = ctx.out(Step.EVALUATE), ctx.out(Step.REGISTER)
+    if gate["decision"] != Decision.PROMOTED:
+        return {"deployed": None}
+    from tidal.deploy import promote
+
+    deployment = promote(ws, reg["version"], reason=f"promoted by run {ctx.run.id}",
+                         run_id=ctx.run.id)
+    return {"deployed": deployment.version, "model_dir": deployment.model_dir}
+
+
+STEPS: dict[Step, Callable[[RunContext], dict[str, Any]]] = {
+    Step.VALIDATE: validate,
+    Step.PREPARE: prepare,
+    Step.TRAIN: train,
+    Step.EVALUATE: evaluate,
+    Step.REGISTER: register,
+    Step.DEPLOY: deploy,
+}
+
+
+# -- the runner -------------------------------------------------------------------------------
+
+
+def execute(ws: Workspace, run: Run, owner: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Run ``run`` from its next step to the end; returns its decision record.
+
+    The caller holds the run's lease; a heartbeat renews it while steps work. A retryable
+    error gives the run back to the queue (up to ``controller.max_attempts``); any other error
+    ends it as failed with the message.
+    """
+    state = ws.state
+    outputs = state.step_outputs(run.id)
+    resumed_from = run.step if outputs else None
+    ctx = RunContext(ws, run, outputs, progress or (lambda step, info: None))
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(ws, run.id, owner, stop), daemon=True)
+    beat.start()
+    try:
+        step = Step(run.step)
+        while step != Step.DONE:
+            ctx.progress(step.value, {"event": "start"})
+            started = time.monotonic()
+            output = STEPS[step](ctx)
+            seconds = time.monotonic() - started
+            state.step_done(run.id, step.value, NEXT[step].value, output, seconds)
+            outputs[step.value] = output | {"_seconds": seconds}
+            ctx.progress(step.value, {"event": "done", "seconds": seconds})
+            step = NEXT[step]
+        gate = outputs[Step.EVALUATE.value]
+        record = build_record(ctx, gate["decision"], version=outputs[Step.REGISTER.value]["version"])
+        record["resumed_from_step"] = resumed_from
+        state.finish(run.id, decision=record["decision"], record=record)
+        state.event(f"run.{record['decision']}", _summary(record), model=ws.model_name,
+                    run_id=run.id, data={"version": record["version"]})
+        return record
+    except RunEnded as ended:
+        record = build_record(ctx, ended.decision, version=None, reasons=ended.reasons)
+        record |= ended.extra
+        state.finish(run.id, decision=ended.decision.value, record=record)
+        state.event(f"run.{ended.decision}", _summary(record), model=ws.model_name, run_id=run.id)
+        return record
+    except RetryableError as exc:
+        current = state.run(run.id)
+        attempts = current.attempts if current else run.attempts
+        if attempts < ws.config.controller.max_attempts:
+            state.release(run.id, owner, requeue=True, error=str(exc))
+            state.event("run.retry", f"run {run.id}: {exc}", model=ws.model_name, run_id=run.id)
+            raise
+        return _fail(ws, ctx, exc)
+    except TidalError as exc:
+        return _fail(ws, ctx, exc)
+    except Exception as exc:  # an internal error still ends the run with its message
+        return _fail(ws, ctx, exc)
+    finally:
+        stop.set()
+
+
+def _fail(ws: Workspace, ctx: RunContext, exc: BaseException) -> dict[str, Any]:
+    record = build_record(ctx, None, version=None, reasons=[f"{type(exc).__name__}: {exc}"])
+    record["decision"] = "failed"
+    ws.state.finish(ctx.run.id, decision="failed", record=record, failed=True, error=str(exc))
+    ws.state.event("run.failed", f"run {ctx.run.id} failed: {exc}", model=ws.model_name,
+                   run_id=ctx.run.id)
+    return record
+
+
+def _heartbeat(ws: Workspace, run_id: int, owner: str, stop: threading.Event) -> None:
+    every = ws.config.controller.lease_s / 3
+    while not stop.wait(every):
+        ws.state.renew(run_id, owner, ws.config.controller.lease_s)
+
+
+def build_record(ctx: RunContext, decision: str | None, *, version: str | None,
+                 reasons: list[str] | None = None) -> dict[str, Any]:
+    """The decision record: what was decided, on what evidence, from which data and code."""
+    outputs = ctx.outputs
+    gate = outputs.get(Step.EVALUATE.value, {})
+    prep = outputs.get(Step.PREPARE.value, {})
+    deployment = ctx.ws.state.current_deployment(ctx.ws.model_name)
+    now = time.time()
+    started = ctx.run.started_at or now
+    return {
+        "run_id": ctx.run.id,
+        "decision": decision,
+        "version": version,
+        "champion": deployment.version if deployment else None,
+        "metrics": {"candidate": gate.get("candidate"), "champion": gate.get("champion")},
+        "champion_before": gate.get("champion_version"),
+        "thresholds": gate.get("thresholds"),
+        "reasons": reasons if reasons is not None else gate.get("reasons", []),
+        "source": ctx.run.uri,
+        "sha256": ctx.run.sha256,
+        "dataset_version": prep.get("dataset_version"),
+        "training_sets": prep.get("train_uris"),
+        "code_version": __version__,
+        "steps": {k: round(v.get("_seconds", 0.0), 3) for k, v in outputs.items()},
+        "seconds": round(now - started, 3),
+        "seconds_since_landing": round(now - (ctx.run.landed_at or started), 3),
+    }
+
+
+def _summary(record: dict[str, Any]) -> str:
+    decision = record["decision"]
+    if decision == Decision.PROMOTED:
+        return f"run {record['run_id']}: v{record['version']} promoted and deployed"
+    if decision == Decision.REJECTED:
+        return f"run {record['run_id']}: v{record['version']} rejected by the gate"
+    return f"run {record['run_id']}: {decision}: {'; '.join(record['reasons'])[:300]}"
+
+
+# -- helpers the steps and the CLI share ------------------------------------------------------
+
+
+def load_schema(ws: Workspace) -> Schema | None:
+    from tidal.data.schema import Schema
+
+    try:
+        data = json.loads(ws.store.get_bytes(SCHEMA_KEY))
+    except NotFound:
+        return None
+    data.pop("created_by_run", None)
+    return Schema.from_json(json.dumps(data))
+
+
+def _created_by(ws: Workspace, key: str) -> int | None:
+    try:
+        value = json.loads(ws.store.get_bytes(key)).get("created_by_run")
+    except NotFound:
+        return None
+    return int(value) if value is not None else None
+
+
+def accepted_train_sets(ws: Workspace, *, exclude: int) -> list[str]:
+    """Train splits of earlier files whose model was promoted, oldest first."""
+    uris = []
+    for run in reversed(ws.state.runs(ws.model_name, limit=10_000)):
+        if run.id == exclude or run.decision != Decision.PROMOTED:
+            continue
+        prep = ws.state.step_outputs(run.id).get(Step.PREPARE.value)
+        if prep:
+            uris.append(prep["train_uri"])
+    return uris
+
+
+def quarantine(ws: Workspace, key: str, problems: list[str], run: Run) -> str:
+    """Move a rejected file to quarantine/ with a ``.reason.json`` beside it."""
+    store = ws.store
+    target = f"{QUARANTINE}/{Path(key).name}"
+    reason = {
+        "source": store.uri(key),
+        "sha256": run.sha256,
+        "run_id": run.id,
+        "rejected_at": time.time(),
+        "problems": problems,
+        "how_to_fix": "fix the file and upload it again to incoming/ (a changed file is a new run)",
+    }
+    store.put_bytes(f"{target}.reason.json", json.dumps(reason, indent=2).encode())
+    if store.exists(key):
+        store.move(key, target)
+    return target
+
+
+def score(predictor: Any, slices: dict[str, pd.DataFrame], label: str) -> dict[str, dict[str, float]]:
+    from tidal.evaluation.metrics import classification
+
+    names = predictor.manifest.feature_names
+    out: dict[str, dict[str, float]] = {}
+    truth_all: list[Any] = []
+    pred_all: list[Any] = []
+    for name, frame in slices.items():
+        rows = frame[names].astype(object).where(frame[names].notna(), None).to_dict("records")
+        truth = frame[label].tolist()
+        preds = [p["label"] for p in predictor.predict(rows)] if rows else []
+        out[name] = classification(truth, preds)
+        truth_all += truth
+        pred_all += preds
+    out["combined"] = classification(truth_all, pred_all)
+    return out

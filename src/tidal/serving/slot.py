@@ -1,0 +1,175 @@
+"""The model an endpoint serves, following the deployment record, and the router that picks one.
+
+``ModelSlot`` holds one loaded predictor and the deployment it came from. ``refresh()`` asks
+its ``source`` for the current deployment; when the deployment id changed it loads the new
+model first and then swaps one reference, so a request sees the old model or the new one,
+never half of either. When the source fails or the new model does not load (a file missing, a
+sha256 that does not match), the slot keeps serving what it had, remembers the error in
+``last_error`` and logs it; a deployment that failed is tried again after a growing pause (1 s
+doubling to 60 s), or at once on ``refresh(force=True)``.
+
+Threads: one refresher thread and any number of request handlers. Handlers read ``loaded``
+(a single attribute read) and use that pair for the whole request; refreshes are serialised.
+
+``Router`` is the seam for endpoints with several variants (canary, A/B, shadow): the gateway
+asks it for the slot of each request. This issue has one implementation, a single variant.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from tidal.artifact import load_predictor
+
+if TYPE_CHECKING:
+    from tidal.state import Deployment
+    from tidal.training.recipes.base import Predictor
+
+log = logging.getLogger("tidal.serving")
+
+Loader = Callable[[Path, str], "Predictor"]
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A deployment and the predictor loaded from it: read together, swapped together."""
+
+    deployment: Deployment
+    predictor: Predictor
+
+
+class ModelSlot:
+    """One served model that follows ``source()``, the current deployment (or None)."""
+
+    def __init__(
+        self,
+        source: Callable[[], Deployment | None],
+        loader: Loader = load_predictor,
+        *,
+        name: str = "default",
+    ) -> None:
+        self.name = name
+        self._source = source
+        self._loader = loader
+        self._loaded: Loaded | None = None
+        self._last_error: str | None = None
+        self._refresh_lock = threading.Lock()
+        self._failed_id: int | None = None  # deployment that failed to load, and when to retry
+        self._retry_at = 0.0
+        self._retry_s = RETRY_FIRST_S
+
+    @property
+    def loaded(self) -> Loaded | None:
+        return self._loaded
+
+    @property
+    def predictor(self) -> Predictor | None:
+        loaded = self._loaded
+        return loaded.predictor if loaded else None
+
+    @property
+    def deployment(self) -> Deployment | None:
+        loaded = self._loaded
+        return loaded.deployment if loaded else None
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the latest refresh could not follow the source; None after a good one."""
+        return self._last_error
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded is not None
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Follow the source; True when a new model was swapped in."""
+        with self._refresh_lock:
+            try:
+                target = self._source()
+            except Exception as exc:
+                self._fail(None, f"cannot read the current deployment: {exc}")
+                return False
+            current = self._loaded
+            if target is None or (current is not None and current.deployment.id == target.id):
+                self._last_error = None
+                return False
+            if target.id == self._failed_id and not force and time.monotonic() < self._retry_at:
+                return False
+            try:
+                predictor = self._loader(Path(target.model_dir), target.manifest_sha256)
+            except Exception as exc:
+                log.debug("loading deployment %s failed", target.id, exc_info=True)
+                self._fail(
+                    target,
+                    f"version {target.version} of {target.model} (deployment {target.id}) "
+                    f"was not loaded: {exc}",
+                )
+                return False
+            self._loaded = Loaded(target, predictor)
+            self._last_error = None
+            self._failed_id = None
+            self._retry_s = RETRY_FIRST_S
+        log.info(
+            "serving %s version %s (deployment %s, from %s)",
+            target.model,
+            target.version,
+            target.id,
+            target.model_dir,
+        )
+        return True
+
+    def _fail(self, target: Deployment | None, message: str) -> None:
+        kept = self._loaded
+        still = (
+            f"; still serving version {kept.deployment.version}" if kept else "; no model is served"
+        )
+        if message != self._last_error:  # log each distinct failure once, not every interval
+            log.error("%s%s", message, still)
+        self._last_error = message
+        if target is None:
+            return
+        if target.id == self._failed_id:
+            self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
+        else:
+            self._failed_id, self._retry_s = target.id, RETRY_FIRST_S
+        self._retry_at = time.monotonic() + self._retry_s
+
+
+class Router(Protocol):
+    """Which slot answers a request. Implementations: one variant now; canary and A/B later."""
+
+    def pick(self, request_headers: Mapping[str, str]) -> ModelSlot:
+        """The slot for a request with these headers."""
+        ...
+
+    def slots(self) -> Sequence[ModelSlot]:
+        """Every slot, for readiness and reloads."""
+        ...
+
+    def refresh_all(self, *, force: bool = False) -> bool:
+        """Refresh every slot; True when any swapped."""
+        ...
+
+
+class SingleVariantRouter:
+    """Every request goes to the one slot."""
+
+    def __init__(self, slot: ModelSlot) -> None:
+        self.slot = slot
+
+    def pick(self, request_headers: Mapping[str, str]) -> ModelSlot:
+        return self.slot
+
+    def slots(self) -> Sequence[ModelSlot]:
+        return (self.slot,)
+
+    def refresh_all(self, *, force: bool = False) -> bool:
+        return self.slot.refresh(force=force)

@@ -1,0 +1,380 @@
+"""The controller's durable state: SQLite in WAL mode, safe across processes and kill -9.
+
+Tables: ``runs`` (the queue and each run's state), ``steps`` (each completed step's output, so a
+run resumes after its last completed step), ``cursors`` and ``seen`` (what the polling trigger
+has already queued), ``deployments`` (which version serves, in order) and ``events`` (an audit
+log that ``tidal status`` shows and alert sinks will read).
+
+A run is unique per (model, sha256 of its object): queueing the same bytes twice returns the
+first run. A run is executed by one owner at a time under a lease that the owner renews; a lease
+whose owner died (same host, pid gone) or that expired can be taken over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  model TEXT NOT NULL,
+  uri TEXT NOT NULL,
+  sha256 TEXT NOT NULL,
+  status TEXT NOT NULL,
+  step TEXT NOT NULL,
+  decision TEXT,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  owner TEXT,
+  lease_until REAL,
+  landed_at REAL,
+  created_at REAL NOT NULL,
+  started_at REAL,
+  finished_at REAL,
+  record TEXT,
+  error TEXT,
+  UNIQUE(model, sha256)
+);
+CREATE TABLE IF NOT EXISTS steps(
+  run_id INTEGER NOT NULL,
+  step TEXT NOT NULL,
+  output TEXT NOT NULL,
+  seconds REAL NOT NULL,
+  finished_at REAL NOT NULL,
+  PRIMARY KEY(run_id, step)
+);
+CREATE TABLE IF NOT EXISTS cursors(source TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL);
+CREATE TABLE IF NOT EXISTS seen(
+  source TEXT NOT NULL, key TEXT NOT NULL, mtime REAL NOT NULL, size INTEGER NOT NULL,
+  PRIMARY KEY(source, key, mtime, size)
+);
+CREATE TABLE IF NOT EXISTS deployments(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  model TEXT NOT NULL,
+  version TEXT NOT NULL,
+  model_dir TEXT NOT NULL,
+  manifest_sha256 TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  run_id INTEGER,
+  rolled_back INTEGER NOT NULL DEFAULT 0,
+  created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  ts REAL NOT NULL,
+  kind TEXT NOT NULL,
+  model TEXT,
+  run_id INTEGER,
+  message TEXT NOT NULL,
+  data TEXT
+);
+"""
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    model: str
+    uri: str
+    sha256: str
+    status: RunStatus
+    step: str
+    decision: str | None
+    attempts: int
+    owner: str | None
+    lease_until: float | None
+    landed_at: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    record: dict[str, Any] | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Run:
+        data = dict(row)
+        data["status"] = RunStatus(data["status"])
+        data["record"] = json.loads(data["record"]) if data["record"] else None
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: int
+    model: str
+    version: str
+    model_dir: str
+    manifest_sha256: str
+    reason: str
+    run_id: int | None
+    rolled_back: bool
+    created_at: float
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    """False only when the owner surely died: same host and its pid is gone."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True  # cannot tell; the lease expiry decides
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+class State:
+    """All reads and writes of the controller database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=30000")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so claims cannot race."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        db = self._connect()
+        try:
+            return db.execute(sql, args).fetchall()
+        finally:
+            db.close()
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def enqueue(self, model: str, uri: str, sha256: str, first_step: str,
+                landed_at: float | None = None) -> tuple[Run, bool]:
+        """Queue a run for the object; returns (run, created). Same bytes → the existing run."""
+        now = time.time()
+        with self.tx() as db:
+            row = db.execute(
+                "SELECT * FROM runs WHERE model=? AND sha256=?", (model, sha256)
+            ).fetchone()
+            if row is not None:
+                return Run.from_row(row), False
+            cur = db.execute(
+                "INSERT INTO runs(model, uri, sha256, status, step, landed_at, created_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (model, uri, sha256, RunStatus.QUEUED, first_step, landed_at or now, now),
+            )
+            row = db.execute("SELECT * FROM runs WHERE id=?", (cur.lastrowid,)).fetchone()
+        self.event("run.queued", f"queued run {row['id']} for {uri}", model=model, run_id=row["id"])
+        return Run.from_row(row), True
+
+    def run(self, run_id: int) -> Run | None:
+        rows = self._read("SELECT * FROM runs WHERE id=?", (run_id,))
+        return Run.from_row(rows[0]) if rows else None
+
+    def run_by_sha(self, model: str, sha256: str) -> Run | None:
+        rows = self._read("SELECT * FROM runs WHERE model=? AND sha256=?", (model, sha256))
+        return Run.from_row(rows[0]) if rows else None
+
+    def runs(self, model: str | None = None, limit: int = 50) -> list[Run]:
+        if model is None:
+            rows = self._read("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._read(
+                "SELECT * FROM runs WHERE model=? ORDER BY id DESC LIMIT ?", (model, limit)
+            )
+        return [Run.from_row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._read("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")
+        return {r["status"]: r["n"] for r in rows}
+
+    def claim(self, run_id: int | None, owner: str, lease_s: float) -> Run | None:
+        """Take a runnable run (a given one, or the oldest) under a lease, or None.
+
+        A run is runnable when queued, or running under a lease that expired or whose owner
+        died. A model never has two runs executing at once: a live lease on another run of the
+        same model blocks the claim.
+        """
+        now = time.time()
+        with self.tx() as db:
+            if run_id is None:
+                candidates = db.execute(
+                    "SELECT * FROM runs WHERE status IN ('queued','running') ORDER BY id"
+                ).fetchall()
+            else:
+                candidates = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchall()
+            for row in candidates:
+                if row["status"] not in (RunStatus.QUEUED, RunStatus.RUNNING):
+                    continue
+                if row["status"] == RunStatus.RUNNING and row["owner"] != owner and _lease_live(row, now):
+                    continue
+                busy = db.execute(
+                    "SELECT owner, lease_until FROM runs WHERE model=? AND status='running'"
+                    " AND id<>?",
+                    (row["model"], row["id"]),
+                ).fetchall()
+                if any(_lease_live(b, now) for b in busy):
+                    continue
+                db.execute(
+                    "UPDATE runs SET status='running', owner=?, lease_until=?, attempts=attempts+1,"
+                    " started_at=COALESCE(started_at, ?) WHERE id=?",
+                    (owner, now + lease_s, now, row["id"]),
+                )
+                claimed = db.execute("SELECT * FROM runs WHERE id=?", (row["id"],)).fetchone()
+                return Run.from_row(claimed)
+        return None
+
+    def renew(self, run_id: int, owner: str, lease_s: float) -> bool:
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE runs SET lease_until=? WHERE id=? AND owner=? AND status='running'",
+                (time.time() + lease_s, run_id, owner),
+            )
+            return cur.rowcount == 1
+
+    def release(self, run_id: int, owner: str, *, requeue: bool = False, error: str | None = None) -> None:
+        """Give a run back: to the queue (retry later) or leave it for takeover."""
+        with self.tx() as db:
+            db.execute(
+                "UPDATE runs SET status=?, owner=NULL, lease_until=NULL, error=? WHERE id=? AND owner=?",
+                (RunStatus.QUEUED if requeue else RunStatus.RUNNING, error, run_id, owner),
+            )
+
+    def step_done(self, run_id: int, step: str, next_step: str, output: dict[str, Any], seconds: float) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO steps(run_id, step, output, seconds, finished_at)"
+                " VALUES (?,?,?,?,?)",
+                (run_id, step, json.dumps(output), seconds, time.time()),
+            )
+            db.execute("UPDATE runs SET step=? WHERE id=?", (next_step, run_id))
+
+    def step_outputs(self, run_id: int) -> dict[str, dict[str, Any]]:
+        rows = self._read("SELECT step, output, seconds FROM steps WHERE run_id=?", (run_id,))
+        return {r["step"]: {**json.loads(r["output"]), "_seconds": r["seconds"]} for r in rows}
+
+    def finish(self, run_id: int, *, decision: str | None, record: dict[str, Any],
+               failed: bool = False, error: str | None = None) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE runs SET status=?, decision=?, record=?, error=?, finished_at=?, owner=NULL,"
+                " lease_until=NULL WHERE id=?",
+                (RunStatus.FAILED if failed else RunStatus.DONE, decision, json.dumps(record),
+                 error, time.time(), run_id),
+            )
+
+    # -- polling cursor -----------------------------------------------------------------------
+
+    def cursor(self, source: str) -> str | None:
+        rows = self._read("SELECT value FROM cursors WHERE source=?", (source,))
+        return rows[0]["value"] if rows else None
+
+    def mark_seen(self, source: str, items: list[tuple[str, float, int]], cursor: str) -> None:
+        with self.tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO seen(source, key, mtime, size) VALUES (?,?,?,?)",
+                [(source, k, m, s) for k, m, s in items],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO cursors(source, value, updated_at) VALUES (?,?,?)",
+                (source, cursor, time.time()),
+            )
+
+    def is_seen(self, source: str, key: str, mtime: float, size: int) -> bool:
+        rows = self._read(
+            "SELECT 1 FROM seen WHERE source=? AND key=? AND mtime=? AND size=?",
+            (source, key, mtime, size),
+        )
+        return bool(rows)
+
+    # -- deployments --------------------------------------------------------------------------
+
+    def deploy(self, model: str, version: str, model_dir: str, manifest_sha256: str, reason: str,
+               run_id: int | None = None) -> Deployment:
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO deployments(model, version, model_dir, manifest_sha256, reason, run_id,"
+                " created_at) VALUES (?,?,?,?,?,?,?)",
+                (model, version, model_dir, manifest_sha256, reason, run_id, time.time()),
+            )
+            row = db.execute("SELECT * FROM deployments WHERE id=?", (cur.lastrowid,)).fetchone()
+        return _deployment(row)
+
+    def mark_rolled_back(self, model: str, version: str) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE deployments SET rolled_back=1 WHERE model=? AND version=?", (model, version)
+            )
+
+    def current_deployment(self, model: str) -> Deployment | None:
+        rows = self._read(
+            "SELECT * FROM deployments WHERE model=? ORDER BY id DESC LIMIT 1", (model,)
+        )
+        return _deployment(rows[0]) if rows else None
+
+    def deployments(self, model: str) -> list[Deployment]:
+        rows = self._read("SELECT * FROM deployments WHERE model=? ORDER BY id DESC", (model,))
+        return [_deployment(r) for r in rows]
+
+    # -- events -------------------------------------------------------------------------------
+
+    def event(self, kind: str, message: str, *, model: str | None = None, run_id: int | None = None,
+              data: dict[str, Any] | None = None) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO events(ts, kind, model, run_id, message, data) VALUES (?,?,?,?,?,?)",
+                (time.time(), kind, model, run_id, message, json.dumps(data) if data else None),
+            )
+
+    def events(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self._read("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(r) | {"data": json.loads(r["data"]) if r["data"] else None} for r in rows]
+
+
+def _lease_live(row: sqlite3.Row, now: float) -> bool:
+    return bool(row["lease_until"] and row["lease_until"] > now and owner_alive(row["owner"]))
+
+
+def _deployment(row: sqlite3.Row) -> Deployment:
+    data = dict(row)
+    data["rolled_back"] = bool(data["rolled_back"])
+    return Deployment(**data)

@@ -1,0 +1,229 @@
+"""The object store: one small API over fsspec for ``file://`` and ``s3://`` buckets.
+
+Contract, the same for every backend:
+- keys are ``/``-separated paths relative to the store's root URI; no leading slash;
+- ``put_*`` is atomic and overwrites: a reader sees the old object or the new one, never half
+  (local files are written beside the target and renamed; an S3 PUT is atomic by itself);
+- ``get_*`` of a missing key raises ``NotFound``; a store that cannot be reached raises
+  ``StorageUnavailable`` (retryable);
+- ``list`` returns every object under a prefix, sorted by key, with size and modification time.
+
+s3fs is imported on first use of an ``s3://`` URI, never by ``import tidal``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tidal.errors import NotFound, StorageUnavailable, UsageError
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    mtime: float  # seconds since the epoch
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.key)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Store:
+    """A bucket (or a folder playing one) addressed by ``root`` URI."""
+
+    def __init__(self, root: str, *, storage_options: dict[str, Any] | None = None) -> None:
+        import fsspec
+
+        self.root = root.rstrip("/")
+        self.protocol = root.split("://", 1)[0] if "://" in root else "file"
+        self._path = root.split("://", 1)[1] if "://" in root else root
+        self.fs = fsspec.filesystem(self.protocol, **(storage_options or {}))
+        if self.protocol == "file":
+            Path(self._path).mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:  # no credentials in reprs
+        return f"Store({self.root!r})"
+
+    def uri(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def key_of(self, uri: str) -> str:
+        """The key of a full URI inside this store; raises UsageError for a URI outside it."""
+        if not uri.startswith(self.root + "/"):
+            raise UsageError(f"{uri} is outside the workspace store {self.root}")
+        return uri[len(self.root) + 1 :]
+
+    def _full(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise UsageError(f"invalid object key {key!r}: keys are relative and may not use '..'")
+        return f"{self._path}/{key}" if key else self._path
+
+    @contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        try:
+            yield
+        except FileNotFoundError as exc:
+            raise NotFound(f"no object {self.uri(key)}") from exc
+        except PermissionError as exc:
+            raise StorageUnavailable(
+                f"access denied to {self.uri(key)}: {exc}",
+                hint="check the storage credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+            ) from exc
+        except (OSError, TimeoutError) as exc:
+            raise StorageUnavailable(f"storage {self.root} unreachable: {exc}") from exc
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        full = self._full(key)
+        with self._errors(key):
+            if self.protocol == "file":
+                os.makedirs(os.path.dirname(full), exist_ok=True)
+                tmp = f"{full}.tmp-{uuid.uuid4().hex[:8]}"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, full)
+            else:
+                self.fs.pipe_file(full, data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        full = self._full(key)
+        with self._errors(key):
+            if self.protocol == "file":
+                os.makedirs(os.path.dirname(full), exist_ok=True)
+                tmp = f"{full}.tmp-{uuid.uuid4().hex[:8]}"
+                self.fs.put_file(str(path), tmp)
+                os.replace(tmp, full)
+            else:
+                self.fs.put_file(str(path), full)
+
+    def put_dir(self, prefix: str, folder: Path) -> None:
+        """Upload every file below ``folder`` under ``prefix`` (files one by one, each atomic)."""
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            self.put_file(f"{prefix}/{path.relative_to(folder).as_posix()}", path)
+
+    def move(self, src: str, dst: str) -> None:
+        with self._errors(src):
+            if self.protocol == "file":
+                os.makedirs(os.path.dirname(self._full(dst)), exist_ok=True)
+                os.replace(self._full(src), self._full(dst))
+            else:
+                self.fs.mv(self._full(src), self._full(dst))
+
+    def delete(self, key: str) -> None:
+        with self._errors(key):
+            if self.fs.exists(self._full(key)):
+                self.fs.rm(self._full(key), recursive=True)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def exists(self, key: str) -> bool:
+        with self._errors(key):
+            return bool(self.fs.exists(self._full(key)))
+
+    def get_bytes(self, key: str) -> bytes:
+        with self._errors(key):
+            data: bytes = self.fs.cat_file(self._full(key))
+            return data
+
+    def get_file(self, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._errors(key):
+            self.fs.get_file(self._full(key), str(path))
+
+    def get_dir(self, prefix: str, folder: Path) -> list[Path]:
+        got = []
+        for info in self.list(prefix):
+            target = folder / info.key[len(prefix) + 1 :]
+            self.get_file(info.key, target)
+            got.append(target)
+        if not got:
+            raise NotFound(f"no objects under {self.uri(prefix)}")
+        return got
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        base = self._full(prefix)
+        with self._errors(prefix):
+            if not self.fs.exists(base):
+                return []
+            found = self.fs.find(base, detail=True)
+        infos = []
+        for path, detail in found.items():
+            if detail.get("type") == "directory" or ".tmp-" in path:
+                continue
+            key = path[len(self._path.rstrip("/")) + 1 :] if self.protocol != "file" else None
+            if key is None:
+                key = os.path.relpath(path, self._path).replace(os.sep, "/")
+            infos.append(ObjectInfo(key=key, size=int(detail.get("size") or 0), mtime=_mtime(detail)))
+        return sorted(infos, key=lambda i: i.key)
+
+    def sha256(self, key: str) -> str:
+        return sha256_bytes(self.get_bytes(key))
+
+
+def _mtime(detail: dict[str, Any]) -> float:
+    for name in ("mtime", "LastModified", "last_modified", "created"):
+        value = detail.get(name)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.0
+
+
+def open_store(uri: str, *, endpoint_url: str | None = None, key: str | None = None,
+               secret: str | None = None, region: str | None = None) -> Store:
+    """Open the store at ``uri`` (``file://``, a plain path, or ``s3://``)."""
+    if "://" not in uri:
+        uri = "file://" + str(Path(uri).resolve())
+    protocol = uri.split("://", 1)[0]
+    options: dict[str, Any] = {}
+    if protocol == "file":
+        uri = "file://" + str(Path(uri[len("file://") :]).resolve())
+    elif protocol == "s3":
+        try:
+            import s3fs  # noqa: F401
+        except ImportError as exc:
+            raise UsageError(
+                "s3:// storage needs s3fs", hint="pip install 'tidal[s3]'"
+            ) from exc
+        client_kwargs: dict[str, Any] = {}
+        if endpoint_url:
+            client_kwargs["endpoint_url"] = endpoint_url
+        if region:
+            client_kwargs["region_name"] = region
+        options = {"client_kwargs": client_kwargs, "skip_instance_cache": True}
+        if key and secret:
+            options.update(key=key, secret=secret)
+    else:
+        raise UsageError(
+            f"unsupported storage URI {uri!r}",
+            hint="use file:///path or s3://bucket/prefix in storage.uri",
+        )
+    return Store(uri, storage_options=options)

@@ -1,0 +1,85 @@
+"""The executor interface: where a training job runs.
+
+A job follows SageMaker's training-container contract, so one spec fits every backend:
+channels (name → object URIs) appear as folders named by ``SM_CHANNEL_<NAME>``; the model is
+written to ``SM_MODEL_DIR``; hyperparameters arrive as ``SM_HPS`` (JSON) and as
+``--name value`` arguments; checkpoints go to a folder synced with ``checkpoint_uri``.
+
+Contract:
+    submit(spec) -> JobHandle      start the job; returns at once
+    logs(handle) -> Iterator[str]  log lines as they come, ending when the job ends
+    poll(handle) -> JobStatus      current status, without blocking
+    cancel(handle)                 ask the job to stop (SIGTERM first: it may checkpoint)
+    collect(handle) -> JobResult   wait for the end; on success the model folder has been
+                                   uploaded to ``spec.output_uri``
+
+Exit codes of the job: 0 success; 75 (tidal.errors.EXIT_RETRY) retryable, e.g. interrupted
+after a checkpoint; anything else a failure whose last log lines explain it.
+Backends: ``local`` (a subprocess) now; Ray and SageMaker Training Jobs fit the same calls.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # stopped in a resumable way (retry exit code)
+
+
+@dataclass
+class JobSpec:
+    name: str
+    command: list[str]
+    channels: dict[str, list[str]]
+    hyperparameters: dict[str, Any]
+    output_uri: str
+    checkpoint_uri: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_s: int = 3600
+    cpus: int | None = None
+    gpus: int = 0
+
+
+@dataclass
+class JobHandle:
+    id: str
+    spec: JobSpec
+    backend_data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobResult:
+    status: JobStatus
+    exit_code: int | None
+    seconds: float
+    output_uri: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    log_tail: list[str] = field(default_factory=list)
+
+
+class Executor(ABC):
+    name: str
+
+    @abstractmethod
+    def submit(self, spec: JobSpec) -> JobHandle: ...
+
+    @abstractmethod
+    def logs(self, handle: JobHandle) -> Iterator[str]: ...
+
+    @abstractmethod
+    def poll(self, handle: JobHandle) -> JobStatus: ...
+
+    @abstractmethod
+    def cancel(self, handle: JobHandle) -> None: ...
+
+    @abstractmethod
+    def collect(self, handle: JobHandle) -> JobResult: ...

@@ -1,0 +1,202 @@
+"""The local executor: a training job as a subprocess of its own, laid out like /opt/ml.
+
+The job folder holds ``input/data/<channel>/`` (staged from the store), ``model/``,
+``output/data/`` and ``checkpoints/``; the environment carries SageMaker's ``SM_*`` variables.
+Log lines are streamed as they come and kept in ``job.log``; lines starting with ``@tidal ``
+carry JSON events (progress, metrics) from the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tidal.errors import EXIT_RETRY
+from tidal.storage import Store
+from tidal.training.executors.base import Executor, JobHandle, JobResult, JobSpec, JobStatus
+
+EVENT_PREFIX = "@tidal "
+_DONE = object()
+
+
+def parse_event(line: str) -> dict[str, Any] | None:
+    """The JSON event carried by a log line, or None for an ordinary line."""
+    if not line.startswith(EVENT_PREFIX):
+        return None
+    try:
+        event = json.loads(line[len(EVENT_PREFIX) :])
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def sm_environment(spec: JobSpec, root: Path, channels: list[str]) -> dict[str, str]:
+    """The variables SageMaker gives a training container, pointing into ``root``."""
+    cpus = spec.cpus or os.cpu_count() or 1
+    env = {
+        "SM_MODEL_DIR": str(root / "model"),
+        "SM_OUTPUT_DATA_DIR": str(root / "output" / "data"),
+        "SM_OUTPUT_DIR": str(root / "output"),
+        "SM_INPUT_DIR": str(root / "input"),
+        "SM_INPUT_CONFIG_DIR": str(root / "input" / "config"),
+        "SM_CHECKPOINT_DIR": str(root / "checkpoints"),
+        "SM_CHANNELS": json.dumps(sorted(channels)),
+        "SM_HPS": json.dumps(spec.hyperparameters),
+        "SM_NUM_GPUS": str(spec.gpus),
+        "SM_NUM_CPUS": str(cpus),
+        "SM_CURRENT_HOST": "algo-1",
+        "SM_HOSTS": json.dumps(["algo-1"]),
+        "SM_USER_ARGS": json.dumps(hyperparameter_args(spec.hyperparameters)),
+        "PYTHONUNBUFFERED": "1",
+    }
+    for name in channels:
+        env[f"SM_CHANNEL_{name.upper()}"] = str(root / "input" / "data" / name)
+    return env
+
+
+def hyperparameter_args(hps: dict[str, Any]) -> list[str]:
+    args: list[str] = []
+    for key, value in hps.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        args += [f"--{key}", text]
+    return args
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def __init__(self, store: Store, jobs_root: Path) -> None:
+        self.store = store
+        self.jobs_root = jobs_root
+
+    def submit(self, spec: JobSpec) -> JobHandle:
+        root = self.jobs_root / spec.name
+        if root.exists():
+            shutil.rmtree(root)
+        for sub in ("model", "output/data", "checkpoints", "input/config"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        for channel, uris in spec.channels.items():
+            folder = root / "input" / "data" / channel
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, uri in enumerate(uris):
+                key = self.store.key_of(uri)
+                self.store.get_file(key, folder / f"{i:04d}-{Path(key).name}")
+        (root / "input/config/hyperparameters.json").write_text(json.dumps(spec.hyperparameters))
+        env = {**os.environ, **sm_environment(spec, root, list(spec.channels)), **spec.env}
+        log = open(root / "job.log", "w", encoding="utf-8")  # noqa: SIM115 - closed by the reader
+        proc = subprocess.Popen(
+            [*spec.command, *hyperparameter_args(spec.hyperparameters)],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # Ctrl-C in the terminal reaches us, not the job
+        )
+        lines: queue.Queue[object] = queue.Queue()
+        tail: deque[str] = deque(maxlen=40)
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                log.write(line + "\n")
+                log.flush()
+                tail.append(line)
+                lines.put(line)
+            log.close()
+            lines.put(_DONE)
+
+        reader = threading.Thread(target=read, name=f"job-{spec.name}-log", daemon=True)
+        reader.start()
+        return JobHandle(
+            id=spec.name,
+            spec=spec,
+            backend_data={"proc": proc, "root": root, "lines": lines, "tail": tail,
+                          "reader": reader, "started": time.monotonic(), "events": []},
+        )
+
+    def logs(self, handle: JobHandle) -> Iterator[str]:
+        lines: queue.Queue[object] = handle.backend_data["lines"]
+        if handle.backend_data.get("drained"):
+            return
+        deadline = handle.backend_data["started"] + handle.spec.timeout_s
+        while True:
+            try:
+                item = lines.get(timeout=0.5)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    self.cancel(handle)
+                    handle.backend_data["timed_out"] = True
+                continue
+            if item is _DONE:
+                handle.backend_data["drained"] = True
+                return
+            line = str(item)
+            event = parse_event(line)
+            if event is not None:
+                handle.backend_data["events"].append(event)
+            yield line
+
+    def poll(self, handle: JobHandle) -> JobStatus:
+        code = handle.backend_data["proc"].poll()
+        if code is None:
+            return JobStatus.RUNNING
+        return _status(code)
+
+    def cancel(self, handle: JobHandle) -> None:
+        proc: subprocess.Popen[str] = handle.backend_data["proc"]
+        if proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def collect(self, handle: JobHandle) -> JobResult:
+        for _ in self.logs(handle):  # drain what nobody read
+            pass
+        proc: subprocess.Popen[str] = handle.backend_data["proc"]
+        code = proc.wait()
+        handle.backend_data["reader"].join(timeout=5)
+        seconds = time.monotonic() - handle.backend_data["started"]
+        status = _status(code)
+        tail = list(handle.backend_data["tail"])
+        if handle.backend_data.get("timed_out"):
+            status = JobStatus.FAILED
+            tail.append(f"stopped after the training timeout of {handle.spec.timeout_s} s")
+        metrics: dict[str, float] = {}
+        for event in handle.backend_data["events"]:
+            if event.get("event") == "metrics":
+                metrics.update({k: float(v) for k, v in event.get("metrics", {}).items()})
+        output = None
+        if status == JobStatus.SUCCEEDED:
+            model_dir = handle.backend_data["root"] / "model"
+            prefix = self.store.key_of(handle.spec.output_uri)
+            self.store.put_dir(prefix, model_dir)
+            output = handle.spec.output_uri
+        return JobResult(status, code, seconds, output, metrics, tail)
+
+    def workdir(self, handle: JobHandle) -> Path:
+        root: Path = handle.backend_data["root"]
+        return root
+
+
+def _status(code: int) -> JobStatus:
+    if code == 0:
+        return JobStatus.SUCCEEDED
+    if code == EXIT_RETRY or code == -signal.SIGTERM:
+        return JobStatus.INTERRUPTED
+    return JobStatus.FAILED
