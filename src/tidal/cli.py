@@ -34,12 +34,14 @@ keys_app = typer.Typer(help="API keys for the endpoint.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
-WS_OPT = typer.Option(None, "--workspace", "-w", help="Workspace folder (default: nearest tidal.yaml).")
+WS_OPT = typer.Option(
+    None, "--workspace", "-w", help="Workspace folder (default: nearest tidal.yaml)."
+)
 
 
 def _print_json(data: Any) -> None:
@@ -102,8 +104,9 @@ def init(
     if print_config:
         sys.stdout.write(render_yaml(Config()))
         return
-    result = init_workspace(folder, example=example, task=task, label=label,
-                            text_column=text_column, force=force)
+    result = init_workspace(
+        folder, example=example, task=task, label=label, text_column=text_column, force=force
+    )
     if as_json:
         _print_json(result)
         return
@@ -141,8 +144,11 @@ class StepProgress:
         if event == "start" and self.status is not None:
             self.status.update(f"{step}…")
         elif event == "progress" and self.status is not None:
-            extra = " ".join(f"{k} {v:.4g}" for k, v in info.items()
-                             if isinstance(v, float) and k not in ("step", "total"))
+            extra = " ".join(
+                f"{k} {v:.4g}"
+                for k, v in info.items()
+                if isinstance(v, float) and k not in ("step", "total")
+            )
             self.status.update(f"{step}: step {info.get('step')}/{info.get('total')} {extra}")
         elif event == "done":
             err.print(f"  [green]✓[/] {step:<9} {info['seconds']:.2f} s", highlight=False)
@@ -158,7 +164,7 @@ def _resolve_source(ctrl: Any, target: str) -> tuple[str, str | None]:
             f"{target} is outside the workspace store {store.root}",
             hint="copy it into the store's incoming/ prefix, or give a local file",
         )
-    path = Path(target[len("file://"):] if target.startswith("file://") else target)
+    path = Path(target[len("file://") :] if target.startswith("file://") else target)
     return ctrl.ingest(path)
 
 
@@ -277,7 +283,9 @@ def up(
     stop = threading.Event()
     server = None
     if serve_endpoint:
-        server = BackgroundServer(build_endpoint(ws), ws.config.serving.host, ws.config.serving.port)
+        server = BackgroundServer(
+            build_endpoint(ws), ws.config.serving.host, ws.config.serving.port
+        )
         server.start()
         err.print(f"endpoint on {server.url}", highlight=False)
     err.print(f"watching {ws.store.uri('incoming/')} (Ctrl-C stops)", highlight=False)
@@ -310,7 +318,9 @@ def serve(
         serving["port"] = port
     ws = Workspace.open(workspace, overrides={"serving": serving} if serving else None)
     _setup_logging()
-    err.print(f"endpoint on http://{ws.config.serving.host}:{ws.config.serving.port}", highlight=False)
+    err.print(
+        f"endpoint on http://{ws.config.serving.host}:{ws.config.serving.port}", highlight=False
+    )
     run_server(build_endpoint(ws), ws.config.serving.host, ws.config.serving.port)
 
 
@@ -336,7 +346,9 @@ def predict(
     data: str | None = typer.Argument(None, help="A JSON object, or a CSV row in feature order."),
     file: Path | None = typer.Option(None, "--file", "-f", help="A CSV or JSON Lines file."),
     url: str | None = typer.Option(None, help="Endpoint URL (default: the workspace endpoint)."),
-    api_key: str | None = typer.Option(None, envvar="TIDAL_API_KEY", help="Bearer key, if required."),
+    api_key: str | None = typer.Option(
+        None, envvar="TIDAL_API_KEY", help="Bearer key, if required."
+    ),
     workspace: Path | None = WS_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -344,7 +356,9 @@ def predict(
     from tidal.overview import endpoint_health
 
     if (data is None) == (file is None):
-        raise UsageError("give either DATA or --file", hint='tidal predict \'{"x": 1}\' or --file rows.csv')
+        raise UsageError(
+            "give either DATA or --file", hint="tidal predict '{\"x\": 1}' or --file rows.csv"
+        )
     ws = _workspace(workspace)
     target = url or ws.endpoint_url
     health = endpoint_health(target)
@@ -379,7 +393,7 @@ def _predict_local(ws: Any, data: str | None, file: Path | None) -> dict[str, An
     deployment, predictor = _local_predictor(ws)
     features = predictor.manifest.features
     if file is not None:
-        rows, ignored = _rows_from_file(file, predictor.manifest.feature_names)
+        rows, _ = _rows_from_file(file, predictor.manifest.feature_names)
         rows = decode_json(json.dumps({"instances": rows}).encode(), features)
     else:
         assert data is not None
@@ -388,7 +402,9 @@ def _predict_local(ws: Any, data: str | None, file: Path | None) -> dict[str, An
     return {"model_version": deployment.version, "predictions": predictor.predict(rows)}
 
 
-def _predict_http(url: str, data: str | None, file: Path | None, ws: Any, api_key: str | None) -> dict[str, Any]:
+def _predict_http(
+    url: str, data: str | None, file: Path | None, ws: Any, api_key: str | None
+) -> dict[str, Any]:
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -401,14 +417,20 @@ def _predict_http(url: str, data: str | None, file: Path | None, ws: Any, api_ke
         raw = data.strip()
         ctype = "application/json" if raw[:1] in ("{", "[") else "text/csv"
         body = raw.encode()
-    response = httpx.post(f"{url}/invocations", content=body,
-                          headers={**headers, "Content-Type": ctype}, timeout=30)
+    response = httpx.post(
+        f"{url}/invocations", content=body, headers={**headers, "Content-Type": ctype}, timeout=30
+    )
     payload = response.json()
     if response.status_code >= 400:
         error = payload.get("error", {})
-        raise UsageError(f"endpoint answered {response.status_code}: {error.get('message', payload)}")
-    return {"model_version": payload.get("model_version"), "predictions": payload["predictions"],
-            "inference_id": payload.get("inference_id")}
+        raise UsageError(
+            f"endpoint answered {response.status_code}: {error.get('message', payload)}"
+        )
+    return {
+        "model_version": payload.get("model_version"),
+        "predictions": payload["predictions"],
+        "inference_id": payload.get("inference_id"),
+    }
 
 
 # -- status / models / keys -------------------------------------------------------------------
@@ -431,7 +453,8 @@ def status(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
         m = champ.get("metrics") or {}
         out.print(
             f"champion  v{champ['version']}  accuracy {m.get('accuracy', float('nan')):.3f}  "
-            f"macro-F1 {m.get('macro_f1', float('nan')):.3f}  ({champ['reason']})", highlight=False
+            f"macro-F1 {m.get('macro_f1', float('nan')):.3f}  ({champ['reason']})",
+            highlight=False,
         )
     else:
         out.print("champion  none yet (tidal run FILE)")
@@ -442,9 +465,14 @@ def status(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
     if data["recent_runs"]:
         table = Table("run", "source", "status", "decision", "version", "seconds", box=None)
         for r in data["recent_runs"]:
-            table.add_row(str(r["run_id"]), Path(r["source"]).name, r["status"], r["decision"] or "",
-                          f"v{r['version']}" if r["version"] else "",
-                          f"{r['seconds']:.1f}" if r["seconds"] else "")
+            table.add_row(
+                str(r["run_id"]),
+                Path(r["source"]).name,
+                r["status"],
+                r["decision"] or "",
+                f"v{r['version']}" if r["version"] else "",
+                f"{r['seconds']:.1f}" if r["seconds"] else "",
+            )
         out.print(table)
 
 
@@ -461,8 +489,10 @@ def models_list(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> No
     table = Table("version", "decision", "aliases", "accuracy", "macro-F1", "source", box=None)
     for r in rows:
         table.add_row(
-            f"v{r['version']}" + (" *" if r["serving"] else ""), r["decision"] or "",
-            ",".join(r["aliases"]), f"{r['accuracy']:.3f}" if r["accuracy"] is not None else "",
+            f"v{r['version']}" + (" *" if r["serving"] else ""),
+            r["decision"] or "",
+            ",".join(r["aliases"]),
+            f"{r['accuracy']:.3f}" if r["accuracy"] is not None else "",
             f"{r['macro_f1']:.3f}" if r["macro_f1"] is not None else "",
             Path(r["source"] or "").name,
         )
@@ -516,10 +546,14 @@ def keys_create(as_json: bool = JSON_OPT) -> None:
     if as_json:
         _print_json({"key": key, "hash": digest})
         return
-    out.print(f"key   {key}   (shown once; send it as 'Authorization: Bearer <key>')", highlight=False)
+    out.print(
+        f"key   {key}   (shown once; send it as 'Authorization: Bearer <key>')", highlight=False
+    )
     out.print(f"hash  {digest}", highlight=False)
-    out.print(f"add the hash to serving.api_keys in tidal.yaml, e.g.\n  api_keys: ['{digest}']",
-              highlight=False)
+    out.print(
+        f"add the hash to serving.api_keys in tidal.yaml, e.g.\n  api_keys: ['{digest}']",
+        highlight=False,
+    )
 
 
 # -- demo -------------------------------------------------------------------------------------

@@ -146,11 +146,15 @@ class ControllerConfig(_Section):
     lease_s: float = Field(
         30.0, gt=1, description="A run whose owner is silent this long is taken over."
     )
-    max_attempts: int = Field(3, ge=1, description="Tries of a run that fails with a retryable error.")
+    max_attempts: int = Field(
+        3, ge=1, description="Tries of a run that fails with a retryable error."
+    )
 
 
 class Config(_Section):
-    project: str = Field("tidal", description="Project name; names the MLflow experiment and model.")
+    project: str = Field(
+        "tidal", description="Project name; names the MLflow experiment and model."
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig)  # type: ignore[arg-type]
     data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
     validation: ValidationConfig = Field(default_factory=ValidationConfig)  # type: ignore[arg-type]
@@ -182,7 +186,9 @@ def load_config(
                 f"{path} is not valid YAML: {exc}", hint="fix the file or run 'tidal init' again"
             ) from exc
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections, not {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path} must hold a mapping of sections, not {type(loaded).__name__}"
+            )
         data = loaded or {}
     _merge(data, _from_environ(os.environ if environ is None else environ))
     _merge(data, overrides or {})
@@ -231,7 +237,8 @@ def render_yaml(config: Config) -> str:
     """The commented tidal.yaml for ``config``: every key, its value and what it means."""
     out = [
         "# Tidal workspace configuration. Every key is listed with its default.",
-        "# Environment variables override it: TIDAL_<SECTION>__<KEY>, e.g. TIDAL_SERVING__PORT=9000.",
+        "# Environment variables override it: TIDAL_<SECTION>__<KEY>,"
+        " e.g. TIDAL_SERVING__PORT=9000.",
         "",
     ]
     _render(config, 0, out)

@@ -43,7 +43,9 @@ class Controller:
         name gets the first 8 characters of its sha256 added to its name.
         """
         if not path.is_file():
-            raise UsageError(f"no such file: {path}", hint="give the path of a CSV or JSON Lines file")
+            raise UsageError(
+                f"no such file: {path}", hint="give the path of a CSV or JSON Lines file"
+            )
         if path.suffix.lower() not in DATA_SUFFIXES:
             raise UsageError(
                 f"{path.name}: unsupported file type {path.suffix or '(none)'}",
@@ -59,7 +61,9 @@ class Controller:
             store.put_bytes(key, data)
         return store.uri(key), sha
 
-    def submit(self, uri: str, sha256: str | None = None, landed_at: float | None = None) -> tuple[Run, bool]:
+    def submit(
+        self, uri: str, sha256: str | None = None, landed_at: float | None = None
+    ) -> tuple[Run, bool]:
         """Queue a run for an object of the store; the same bytes give the same run."""
         key = self.ws.store.key_of(uri)
         sha = sha256 or self.ws.store.sha256(key)
@@ -92,14 +96,17 @@ class Controller:
             log.warning("run %s will be retried: %s", run.id, exc)
             return None
 
-    def run_object(self, uri: str, sha256: str | None = None, *, timeout_s: float | None = None) -> dict[str, Any]:
+    def run_object(
+        self, uri: str, sha256: str | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
         """Queue ``uri`` (if new) and return its decision record, running it here if free.
 
         An object that was already run returns the earlier record at once (``repeated``).
         """
-        run, created = self.submit(uri, sha256)
+        run, _ = self.submit(uri, sha256)
         if run.status in (RunStatus.DONE, RunStatus.FAILED) and run.record is not None:
-            return run.record | {"repeated": True}
+            current = self.ws.state.current_deployment(self.ws.model_name)
+            return run.record | {"repeated": True, "champion": current.version if current else None}
         return self.wait_for(run.id, timeout_s=timeout_s)
 
     def wait_for(self, run_id: int, *, timeout_s: float | None = None) -> dict[str, Any]:

@@ -30,8 +30,13 @@ STORY = [
 ]
 
 
-def run_demo(*, example: str = "tabular", keep: Path | None = None,
-             console: Console | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
+def run_demo(
+    *,
+    example: str = "tabular",
+    keep: Path | None = None,
+    console: Console | None = None,
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
     from tidal.cli import build_endpoint
     from tidal.controller import Controller
     from tidal.examples import init_workspace
@@ -44,10 +49,13 @@ def run_demo(*, example: str = "tabular", keep: Path | None = None,
     if keep and (keep / ".tidal").exists():
         shutil.rmtree(keep / ".tidal")
     init_workspace(folder, example=example, force=True)
-    ws = Workspace.open(folder, overrides={
-        "controller": {"poll_interval_s": 0.2},
-        "serving": {"port": 0, "reload_interval_s": 0.1},
-    })
+    ws = Workspace.open(
+        folder,
+        overrides={
+            "controller": {"poll_interval_s": 0.2},
+            "serving": {"port": 0, "reload_interval_s": 0.1},
+        },
+    )
     say(f"[bold]Tidal demo[/] in {folder}", highlight=False)
     server = BackgroundServer(build_endpoint(ws), "127.0.0.1", 0)
     server.start()
@@ -56,27 +64,31 @@ def run_demo(*, example: str = "tabular", keep: Path | None = None,
     controller.source.settle_s = 0.0  # the demo's files land atomically
     loop = threading.Thread(target=controller.serve_forever, args=(stop,), daemon=True)
     loop.start()
-    say(f"endpoint {server.url}, controller watching {ws.store.uri('incoming/')}\n",
-        highlight=False)
+    say(
+        f"endpoint {server.url}, controller watching {ws.store.uri('incoming/')}\n", highlight=False
+    )
     rows: list[dict[str, Any]] = []
     try:
         for name, story in STORY:
             path = folder / "data" / name
             say(f"[bold]→ {name}[/]: {story}", highlight=False)
             landed = time.time()
-            uri, sha = controller.ingest(path)
+            _, sha = controller.ingest(path)
             record = _wait_record(ws, sha, timeout_s)
             served_s = None
             if record["decision"] == "promoted":
                 served_s = _wait_served(server.url, record["version"], landed, timeout_s)
             rows.append(_row(name, record, served_s))
             _say_record(say, record, served_s)
-        sample = _sample_predictions(server.url, folder / "data" / "batch-2.csv",
-                                     ws.config.data.label_column)
+        sample = _sample_predictions(
+            server.url, folder / "data" / "batch-2.csv", ws.config.data.label_column
+        )
         say("\nServed predictions (first rows of batch-2.csv):")
         for truth, pred in sample:
-            say(f"  truth {truth:<10} predicted {pred['label']:<10} score {pred['score']:.3f}",
-                highlight=False)
+            say(
+                f"  truth {truth:<10} predicted {pred['label']:<10} score {pred['score']:.3f}",
+                highlight=False,
+            )
         quarantined = [i.key for i in ws.store.list("quarantine")]
     finally:
         stop.set()
@@ -131,8 +143,9 @@ def _sample_predictions(url: str, path: Path, label: str, n: int = 5) -> list[tu
 
     frame = pd.read_csv(path).head(n)
     truth = frame.pop(label).tolist()
-    response = httpx.post(f"{url}/invocations", json={"instances": frame.to_dict("records")},
-                          timeout=10)
+    response = httpx.post(
+        f"{url}/invocations", json={"instances": frame.to_dict("records")}, timeout=10
+    )
     response.raise_for_status()
     return list(zip(truth, response.json()["predictions"], strict=True))
 
@@ -169,12 +182,22 @@ def _say_record(say: Any, record: dict[str, Any], served_s: float | None) -> Non
 
 def _say_table(console: Console, summary: dict[str, Any]) -> None:
     table = Table(title="Summary", box=None)
-    for col in ("file", "decision", "version", "champion after", "accuracy", "macro-F1",
-                "run s", "landing→serving s"):
+    for col in (
+        "file",
+        "decision",
+        "version",
+        "champion after",
+        "accuracy",
+        "macro-F1",
+        "run s",
+        "landing→serving s",
+    ):
         table.add_column(col)
     for r in summary["runs"]:
         table.add_row(
-            r["file"], r["decision"], f"v{r['version']}" if r["version"] else "-",
+            r["file"],
+            r["decision"],
+            f"v{r['version']}" if r["version"] else "-",
             f"v{r['champion']}" if r["champion"] else "-",
             f"{r['accuracy']:.3f}" if r["accuracy"] is not None else "-",
             f"{r['macro_f1']:.3f}" if r["macro_f1"] is not None else "-",
@@ -185,4 +208,3 @@ def _say_table(console: Console, summary: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"quarantine: {', '.join(summary['quarantine']) or 'empty'}", highlight=False)
     console.print(f"demo took {summary['seconds']:.1f} s", highlight=False)
-

@@ -33,7 +33,10 @@ def promote(ws: Workspace, version: str, *, reason: str, run_id: int | None = No
     ws.registry.set_alias(CHAMPION, version)
     deployment = ws.state.deploy(ws.model_name, version, str(target), manifest_sha, reason, run_id)
     ws.state.event(
-        "deploy", f"v{version} serves ({reason})", model=ws.model_name, run_id=run_id,
+        "deploy",
+        f"v{version} serves ({reason})",
+        model=ws.model_name,
+        run_id=run_id,
         data={"version": version},
     )
     return deployment
@@ -46,8 +49,11 @@ def rollback(ws: Workspace) -> dict[str, str]:
     if current is None:
         raise UsageError("nothing is deployed, so there is nothing to roll back")
     previous = next(
-        (d for d in state.deployments(ws.model_name)
-         if d.version != current.version and not d.rolled_back),
+        (
+            d
+            for d in state.deployments(ws.model_name)
+            if d.version != current.version and not d.rolled_back
+        ),
         None,
     )
     if previous is None:
@@ -57,6 +63,9 @@ def rollback(ws: Workspace) -> dict[str, str]:
         )
     state.mark_rolled_back(ws.model_name, current.version)
     promote(ws, previous.version, reason=f"rollback from v{current.version}")
-    state.event("rollback", f"rolled back from v{current.version} to v{previous.version}",
-                model=ws.model_name)
+    state.event(
+        "rollback",
+        f"rolled back from v{current.version} to v{previous.version}",
+        model=ws.model_name,
+    )
     return {"from": current.version, "to": previous.version}

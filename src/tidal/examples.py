@@ -60,8 +60,12 @@ def init_workspace(
     written = [str(path)]
     if example is not None:
         written += [str(p) for p in write_example(folder / "data", example)]
-    return {"workspace": str(folder.resolve()), "files": written, "project": config.project,
-            "label_column": config.data.label_column}
+    return {
+        "workspace": str(folder.resolve()),
+        "files": written,
+        "project": config.project,
+        "label_column": config.data.label_column,
+    }
 
 
 def _project_name(folder: Path) -> str:

@@ -21,9 +21,17 @@ def endpoint_health(url: str, timeout: float = 0.5) -> dict[str, Any]:
         response = httpx.get(f"{url}/ping", timeout=timeout)
     except httpx.HTTPError:
         return {"url": url, "up": False}
-    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-    return {"url": url, "up": True, "ready": response.status_code == 200,
-            "model_version": body.get("model_version")}
+    body = (
+        response.json()
+        if response.headers.get("content-type", "").startswith("application/json")
+        else {}
+    )
+    return {
+        "url": url,
+        "up": True,
+        "ready": response.status_code == 200,
+        "model_version": body.get("model_version"),
+    }
 
 
 def run_summary(run: Run) -> dict[str, Any]:
@@ -56,15 +64,20 @@ def status(ws: Workspace, *, check_endpoint: bool = True) -> dict[str, Any]:
             "metrics": combined,
         }
     cursor = state.cursor(f"poll:{ws.store.uri('incoming')}")
-    active = [run_summary(r) for r in state.runs(ws.model_name, limit=50)
-              if r.status.value in ("queued", "running")]
+    active = [
+        run_summary(r)
+        for r in state.runs(ws.model_name, limit=50)
+        if r.status.value in ("queued", "running")
+    ]
     return {
         "workspace": str(ws.root),
         "project": ws.config.project,
         "model": ws.model_name,
         "storage": ws.store.root,
         "champion": champion,
-        "endpoint": endpoint_health(ws.endpoint_url) if check_endpoint else {"url": ws.endpoint_url},
+        "endpoint": endpoint_health(ws.endpoint_url)
+        if check_endpoint
+        else {"url": ws.endpoint_url},
         "queue": state.counts(),
         "active_runs": active,
         "recent_runs": [run_summary(r) for r in state.runs(ws.model_name, limit=10)],
@@ -100,7 +113,8 @@ def show_model(ws: Workspace, version: str) -> dict[str, Any]:
     data = ws.registry.run_data(info)
     deployments = [
         {"deployed_at": d.created_at, "reason": d.reason, "rolled_back": d.rolled_back}
-        for d in ws.state.deployments(ws.model_name) if d.version == info.version
+        for d in ws.state.deployments(ws.model_name)
+        if d.version == info.version
     ]
     tags = info.tags
     return {

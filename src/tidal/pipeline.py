@@ -57,7 +57,7 @@ HOLDOUT_META_KEY = f"{META}/holdout.json"
 Progress = Callable[[str, dict[str, Any]], None]
 
 
-class RunEnded(Exception):  # noqa: N818 - control flow, not an error
+class RunEnded(Exception):
     """A step ended the run early with a decision (data rejected by validation)."""
 
     def __init__(self, decision: Decision, reasons: list[str], extra: dict[str, Any]) -> None:
@@ -122,8 +122,9 @@ def prepare(ctx: RunContext) -> dict[str, Any]:
         meta = {"created_by_run": ctx.run.id, "dataset_version": version, "rows": len(holdout)}
         store.put_bytes(HOLDOUT_META_KEY, json.dumps(meta).encode())
         holdout_rows = len(holdout)
-    train, test = split(frame, cfg.data.test_fraction, label_column=schema.label_column,
-                        seed=cfg.data.seed)
+    train, test = split(
+        frame, cfg.data.test_fraction, label_column=schema.label_column, seed=cfg.data.seed
+    )
     prefix = f"{META}/datasets/{version}"
     store.put_bytes(f"{prefix}/train.jsonl", to_jsonl(train))
     store.put_bytes(f"{prefix}/test.jsonl", to_jsonl(test))
@@ -205,8 +206,9 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
     if deployment is not None:
         champion = load_predictor(Path(deployment.model_dir), deployment.manifest_sha256)
         champion_scores, champion_version = score(champion, slices, label), deployment.version
-    result = decide(candidate_scores, champion_scores, ws.config.gate,
-                    champion_version=champion_version)
+    result = decide(
+        candidate_scores, champion_scores, ws.config.gate, champion_version=champion_version
+    )
     return result.to_dict()
 
 
@@ -216,9 +218,13 @@ def register(ctx: RunContext) -> dict[str, Any]:
     local = ws.path("cache") / f"run-{ctx.run.id}" / "model"
     if not (local / "tidal-model.json").exists():
         ws.store.get_dir(ws.store.key_of(trained["model_uri"]), local)
-    metrics = {f"candidate.{s}.{m}": v for s, ms in gate["candidate"].items() for m, v in ms.items()}
+    metrics = {
+        f"candidate.{s}.{m}": v for s, ms in gate["candidate"].items() for m, v in ms.items()
+    }
     if gate["champion"]:
-        metrics |= {f"champion.{s}.{m}": v for s, ms in gate["champion"].items() for m, v in ms.items()}
+        metrics |= {
+            f"champion.{s}.{m}": v for s, ms in gate["champion"].items() for m, v in ms.items()
+        }
     metrics |= {f"train.{k}": v for k, v in trained["train_metrics"].items()}
     metrics["compute_seconds"] = trained["train_seconds"]
     tags = {
@@ -252,8 +258,9 @@ def deploy(ctx: RunContext) -> dict[str, Any]:
         return {"deployed": None}
     from tidal.deploy import promote
 
-    deployment = promote(ws, reg["version"], reason=f"promoted by run {ctx.run.id}",
-                         run_id=ctx.run.id)
+    deployment = promote(
+        ws, reg["version"], reason=f"promoted by run {ctx.run.id}", run_id=ctx.run.id
+    )
     return {"deployed": deployment.version, "model_dir": deployment.model_dir}
 
 
@@ -270,7 +277,9 @@ STEPS: dict[Step, Callable[[RunContext], dict[str, Any]]] = {
 # -- the runner -------------------------------------------------------------------------------
 
 
-def execute(ws: Workspace, run: Run, owner: str, progress: Progress | None = None) -> dict[str, Any]:
+def execute(
+    ws: Workspace, run: Run, owner: str, progress: Progress | None = None
+) -> dict[str, Any]:
     """Run ``run`` from its next step to the end; returns its decision record.
 
     The caller holds the run's lease; a heartbeat renews it while steps work. A retryable
@@ -296,11 +305,18 @@ def execute(ws: Workspace, run: Run, owner: str, progress: Progress | None = Non
             ctx.progress(step.value, {"event": "done", "seconds": seconds})
             step = NEXT[step]
         gate = outputs[Step.EVALUATE.value]
-        record = build_record(ctx, gate["decision"], version=outputs[Step.REGISTER.value]["version"])
+        record = build_record(
+            ctx, gate["decision"], version=outputs[Step.REGISTER.value]["version"]
+        )
         record["resumed_from_step"] = resumed_from
         state.finish(run.id, decision=record["decision"], record=record)
-        state.event(f"run.{record['decision']}", _summary(record), model=ws.model_name,
-                    run_id=run.id, data={"version": record["version"]})
+        state.event(
+            f"run.{record['decision']}",
+            _summary(record),
+            model=ws.model_name,
+            run_id=run.id,
+            data={"version": record["version"]},
+        )
         return record
     except RunEnded as ended:
         record = build_record(ctx, ended.decision, version=None, reasons=ended.reasons)
@@ -328,8 +344,9 @@ def _fail(ws: Workspace, ctx: RunContext, exc: BaseException) -> dict[str, Any]:
     record = build_record(ctx, None, version=None, reasons=[f"{type(exc).__name__}: {exc}"])
     record["decision"] = "failed"
     ws.state.finish(ctx.run.id, decision="failed", record=record, failed=True, error=str(exc))
-    ws.state.event("run.failed", f"run {ctx.run.id} failed: {exc}", model=ws.model_name,
-                   run_id=ctx.run.id)
+    ws.state.event(
+        "run.failed", f"run {ctx.run.id} failed: {exc}", model=ws.model_name, run_id=ctx.run.id
+    )
     return record
 
 
@@ -339,8 +356,9 @@ def _heartbeat(ws: Workspace, run_id: int, owner: str, stop: threading.Event) ->
         ws.state.renew(run_id, owner, ws.config.controller.lease_s)
 
 
-def build_record(ctx: RunContext, decision: str | None, *, version: str | None,
-                 reasons: list[str] | None = None) -> dict[str, Any]:
+def build_record(
+    ctx: RunContext, decision: str | None, *, version: str | None, reasons: list[str] | None = None
+) -> dict[str, Any]:
     """The decision record: what was decided, on what evidence, from which data and code."""
     outputs = ctx.outputs
     gate = outputs.get(Step.EVALUATE.value, {})
@@ -429,7 +447,9 @@ def quarantine(ws: Workspace, key: str, problems: list[str], run: Run) -> str:
     return target
 
 
-def score(predictor: Any, slices: dict[str, pd.DataFrame], label: str) -> dict[str, dict[str, float]]:
+def score(
+    predictor: Any, slices: dict[str, pd.DataFrame], label: str
+) -> dict[str, dict[str, float]]:
     from tidal.evaluation.metrics import classification
 
     names = predictor.manifest.feature_names

@@ -14,6 +14,7 @@ mlflow is imported on first use; the serving path never imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import tempfile
@@ -67,12 +68,19 @@ class Registry:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
+            import logging
+
             from mlflow import MlflowClient
+
+            for name in ("mlflow", "alembic"):  # their INFO lines would drown Tidal's output
+                logging.getLogger(name).setLevel(logging.WARNING)
 
             self.lock.parent.mkdir(parents=True, exist_ok=True)
             with open(self.lock, "w") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)  # first schema creation must not race
-                client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+                client = MlflowClient(
+                    tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+                )
                 experiment = client.get_experiment_by_name(self.model_name)
                 if experiment is None:
                     self._experiment_id = client.create_experiment(
@@ -84,7 +92,8 @@ class Registry:
                     client.get_registered_model(self.model_name)
                 except Exception:
                     client.create_registered_model(
-                        self.model_name, description="Registered by Tidal; aliases champion/challenger."
+                        self.model_name,
+                        description="Registered by Tidal; aliases champion/challenger.",
                     )
             self._client = client
         return self._client
@@ -145,10 +154,8 @@ class Registry:
         self.client.set_registered_model_alias(self.model_name, alias, version)
 
     def delete_alias(self, alias: str) -> None:
-        try:
+        with contextlib.suppress(Exception):  # not set: nothing to delete
             self.client.delete_registered_model_alias(self.model_name, alias)
-        except Exception:
-            pass  # not set: nothing to delete
 
     def set_tag(self, version: str, key: str, value: str) -> None:
         self.client.set_model_version_tag(self.model_name, version, key, value)

@@ -187,8 +187,9 @@ class State:
 
     # -- runs -------------------------------------------------------------------------------
 
-    def enqueue(self, model: str, uri: str, sha256: str, first_step: str,
-                landed_at: float | None = None) -> tuple[Run, bool]:
+    def enqueue(
+        self, model: str, uri: str, sha256: str, first_step: str, landed_at: float | None = None
+    ) -> tuple[Run, bool]:
         """Queue a run for the object; returns (run, created). Same bytes → the existing run."""
         now = time.time()
         with self.tx() as db:
@@ -245,7 +246,11 @@ class State:
             for row in candidates:
                 if row["status"] not in (RunStatus.QUEUED, RunStatus.RUNNING):
                     continue
-                if row["status"] == RunStatus.RUNNING and row["owner"] != owner and _lease_live(row, now):
+                if (
+                    row["status"] == RunStatus.RUNNING
+                    and row["owner"] != owner
+                    and _lease_live(row, now)
+                ):
                     continue
                 busy = db.execute(
                     "SELECT owner, lease_until FROM runs WHERE model=? AND status='running'"
@@ -271,15 +276,20 @@ class State:
             )
             return cur.rowcount == 1
 
-    def release(self, run_id: int, owner: str, *, requeue: bool = False, error: str | None = None) -> None:
+    def release(
+        self, run_id: int, owner: str, *, requeue: bool = False, error: str | None = None
+    ) -> None:
         """Give a run back: to the queue (retry later) or leave it for takeover."""
         with self.tx() as db:
             db.execute(
-                "UPDATE runs SET status=?, owner=NULL, lease_until=NULL, error=? WHERE id=? AND owner=?",
+                "UPDATE runs SET status=?, owner=NULL, lease_until=NULL, error=?"
+                " WHERE id=? AND owner=?",
                 (RunStatus.QUEUED if requeue else RunStatus.RUNNING, error, run_id, owner),
             )
 
-    def step_done(self, run_id: int, step: str, next_step: str, output: dict[str, Any], seconds: float) -> None:
+    def step_done(
+        self, run_id: int, step: str, next_step: str, output: dict[str, Any], seconds: float
+    ) -> None:
         with self.tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO steps(run_id, step, output, seconds, finished_at)"
@@ -292,14 +302,27 @@ class State:
         rows = self._read("SELECT step, output, seconds FROM steps WHERE run_id=?", (run_id,))
         return {r["step"]: {**json.loads(r["output"]), "_seconds": r["seconds"]} for r in rows}
 
-    def finish(self, run_id: int, *, decision: str | None, record: dict[str, Any],
-               failed: bool = False, error: str | None = None) -> None:
+    def finish(
+        self,
+        run_id: int,
+        *,
+        decision: str | None,
+        record: dict[str, Any],
+        failed: bool = False,
+        error: str | None = None,
+    ) -> None:
         with self.tx() as db:
             db.execute(
-                "UPDATE runs SET status=?, decision=?, record=?, error=?, finished_at=?, owner=NULL,"
-                " lease_until=NULL WHERE id=?",
-                (RunStatus.FAILED if failed else RunStatus.DONE, decision, json.dumps(record),
-                 error, time.time(), run_id),
+                "UPDATE runs SET status=?, decision=?, record=?, error=?, finished_at=?,"
+                " owner=NULL, lease_until=NULL WHERE id=?",
+                (
+                    RunStatus.FAILED if failed else RunStatus.DONE,
+                    decision,
+                    json.dumps(record),
+                    error,
+                    time.time(),
+                    run_id,
+                ),
             )
 
     # -- polling cursor -----------------------------------------------------------------------
@@ -328,12 +351,19 @@ class State:
 
     # -- deployments --------------------------------------------------------------------------
 
-    def deploy(self, model: str, version: str, model_dir: str, manifest_sha256: str, reason: str,
-               run_id: int | None = None) -> Deployment:
+    def deploy(
+        self,
+        model: str,
+        version: str,
+        model_dir: str,
+        manifest_sha256: str,
+        reason: str,
+        run_id: int | None = None,
+    ) -> Deployment:
         with self.tx() as db:
             cur = db.execute(
-                "INSERT INTO deployments(model, version, model_dir, manifest_sha256, reason, run_id,"
-                " created_at) VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO deployments(model, version, model_dir, manifest_sha256, reason,"
+                " run_id, created_at) VALUES (?,?,?,?,?,?,?)",
                 (model, version, model_dir, manifest_sha256, reason, run_id, time.time()),
             )
             row = db.execute("SELECT * FROM deployments WHERE id=?", (cur.lastrowid,)).fetchone()
@@ -357,8 +387,15 @@ class State:
 
     # -- events -------------------------------------------------------------------------------
 
-    def event(self, kind: str, message: str, *, model: str | None = None, run_id: int | None = None,
-              data: dict[str, Any] | None = None) -> None:
+    def event(
+        self,
+        kind: str,
+        message: str,
+        *,
+        model: str | None = None,
+        run_id: int | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
         with self.tx() as db:
             db.execute(
                 "INSERT INTO events(ts, kind, model, run_id, message, data) VALUES (?,?,?,?,?,?)",

@@ -180,7 +180,9 @@ class Store:
             key = path[len(self._path.rstrip("/")) + 1 :] if self.protocol != "file" else None
             if key is None:
                 key = os.path.relpath(path, self._path).replace(os.sep, "/")
-            infos.append(ObjectInfo(key=key, size=int(detail.get("size") or 0), mtime=_mtime(detail)))
+            infos.append(
+                ObjectInfo(key=key, size=int(detail.get("size") or 0), mtime=_mtime(detail))
+            )
         return sorted(infos, key=lambda i: i.key)
 
     def sha256(self, key: str) -> str:
@@ -197,8 +199,14 @@ def _mtime(detail: dict[str, Any]) -> float:
     return 0.0
 
 
-def open_store(uri: str, *, endpoint_url: str | None = None, key: str | None = None,
-               secret: str | None = None, region: str | None = None) -> Store:
+def open_store(
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    key: str | None = None,
+    secret: str | None = None,
+    region: str | None = None,
+) -> Store:
     """Open the store at ``uri`` (``file://``, a plain path, or ``s3://``)."""
     if "://" not in uri:
         uri = "file://" + str(Path(uri).resolve())
@@ -210,9 +218,7 @@ def open_store(uri: str, *, endpoint_url: str | None = None, key: str | None = N
         try:
             import s3fs  # noqa: F401
         except ImportError as exc:
-            raise UsageError(
-                "s3:// storage needs s3fs", hint="pip install 'tidal[s3]'"
-            ) from exc
+            raise UsageError("s3:// storage needs s3fs", hint="pip install 'tidal[s3]'") from exc
         client_kwargs: dict[str, Any] = {}
         if endpoint_url:
             client_kwargs["endpoint_url"] = endpoint_url

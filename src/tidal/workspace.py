@@ -43,7 +43,9 @@ class Workspace:
         return f"Workspace({str(self.root)!r})"
 
     @classmethod
-    def open(cls, path: Path | None = None, *, overrides: dict[str, Any] | None = None) -> Workspace:
+    def open(
+        cls, path: Path | None = None, *, overrides: dict[str, Any] | None = None
+    ) -> Workspace:
         """The workspace at ``path``, ``$TIDAL_WORKSPACE``, or the nearest one above the cwd."""
         if path is None and os.environ.get("TIDAL_WORKSPACE"):
             path = Path(os.environ["TIDAL_WORKSPACE"])
@@ -72,7 +74,9 @@ class Workspace:
     @property
     def endpoint_url(self) -> str:
         host = self.config.serving.host
-        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.config.serving.port}"
+        return (
+            f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.config.serving.port}"
+        )
 
     # -- components ---------------------------------------------------------------------------
 

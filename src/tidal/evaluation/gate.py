@@ -81,7 +81,11 @@ def decide(
                     f"(tolerance {config.tolerance:.3f}): not worse"
                 )
     if passed:
-        reasons.insert(0, "meets every threshold" + ("" if champion is None else " and is not worse than the champion"))
+        reasons.insert(
+            0,
+            "meets every threshold"
+            + ("" if champion is None else " and is not worse than the champion"),
+        )
     return GateResult(
         decision=Decision.PROMOTED if passed else Decision.REJECTED,
         reasons=reasons,

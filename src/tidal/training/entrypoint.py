@@ -1,4 +1,4 @@
-"""The training job's entry point for Tidal's built-in recipes (``python -m tidal.training.entrypoint``).
+"""Entry point of training jobs for built-in recipes: ``python -m tidal.training.entrypoint``.
 
 It is an ordinary SageMaker-style training script: it reads its channels and hyperparameters
 from ``SM_*`` variables, trains the recipe named in ``SM_HPS["recipe"]`` and writes the model
@@ -67,7 +67,9 @@ def main() -> int:
     model_dir = Path(os.environ["SM_MODEL_DIR"])
     ctx = TrainContext(
         seed=int(hps.get("seed", 42)),
-        checkpoint_dir=Path(os.environ["SM_CHECKPOINT_DIR"]) if "SM_CHECKPOINT_DIR" in os.environ else None,
+        checkpoint_dir=Path(os.environ["SM_CHECKPOINT_DIR"])
+        if "SM_CHECKPOINT_DIR" in os.environ
+        else None,
         report=emit,
         stop_requested=lambda: stop["requested"],
     )

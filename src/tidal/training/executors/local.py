@@ -123,8 +123,15 @@ class LocalExecutor(Executor):
         return JobHandle(
             id=spec.name,
             spec=spec,
-            backend_data={"proc": proc, "root": root, "lines": lines, "tail": tail,
-                          "reader": reader, "started": time.monotonic(), "events": []},
+            backend_data={
+                "proc": proc,
+                "root": root,
+                "lines": lines,
+                "tail": tail,
+                "reader": reader,
+                "started": time.monotonic(),
+                "events": [],
+            },
         )
 
     def logs(self, handle: JobHandle) -> Iterator[str]:

@@ -124,9 +124,7 @@ class TabularRecipe(Recipe):
                 estimator: Any = RandomForestClassifier(random_state=seed, **params)
             else:
                 estimator = LogisticRegression(max_iter=params.pop("max_iter", 1000), **params)
-            numeric = Pipeline(
-                [("impute", SimpleImputer()), ("scale", StandardScaler())]
-            )
+            numeric = Pipeline([("impute", SimpleImputer()), ("scale", StandardScaler())])
             parts: list[tuple[str, Any, list[int]]] = [("num", numeric, num)] if num else []
             if cat:
                 parts.append(("cat", OneHotEncoder(handle_unknown="ignore"), cat))
@@ -180,7 +178,9 @@ class TabularPredictor(Predictor):
                 {
                     "label": label,
                     "score": row_proba[best[i]],
-                    "probabilities": {str(c): p for c, p in zip(self.classes, row_proba, strict=True)},
+                    "probabilities": {
+                        str(c): p for c, p in zip(self.classes, row_proba, strict=True)
+                    },
                 }
             )
         return out
