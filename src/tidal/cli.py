@@ -36,6 +36,8 @@ app.add_typer(keys_app, name="keys")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+if not out.is_terminal:
+    out.width = 160  # pipes and CI logs: keep tables whole instead of 80 columns
 F = TypeVar("F", bound=Callable[..., Any])
 
 JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
@@ -375,7 +377,7 @@ def predict(
         return
     err.print(f"[dim]v{result['model_version']} via {result['via']}[/]", highlight=False)
     for p in result["predictions"]:
-        out.print(f"{p['label']}\t{p['score']:.4f}", highlight=False)
+        sys.stdout.write(f"{p['label']}\t{p['score']:.4f}\n")  # tab-separated, for cut/awk
 
 
 def _local_predictor(ws: Any) -> Any:
@@ -575,7 +577,13 @@ def demo(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except BrokenPipeError:  # `tidal predict ... | head`: the reader left, which is fine
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 if __name__ == "__main__":

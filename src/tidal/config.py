@@ -127,7 +127,7 @@ class RegistryConfig(_Section):
 
 class ServingConfig(_Section):
     host: str = Field("127.0.0.1", description="Address the endpoint binds to.")
-    port: int = Field(8080, ge=1, le=65535, description="Port of the endpoint.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the endpoint (0: any free port).")
     api_keys: list[str] = Field(
         default_factory=list,
         description="sha256 hashes of API keys ('tidal keys create' prints one).",
