@@ -21,6 +21,7 @@ from tidal.errors import ConfigError
 
 CONFIG_FILE = "tidal.yaml"
 ENV_PREFIX = "TIDAL_"
+SECRET_KEYS = frozenset({"key", "secret", "api_keys"})
 
 
 class _Section(BaseModel):
@@ -99,6 +100,12 @@ class TrainingConfig(_Section):
         description="Recipe hyperparameters, e.g. {model: logistic_regression} for tabular.",
     )
     timeout_s: int = Field(3600, ge=1, description="A training job running longer is stopped.")
+    threads: int = Field(
+        1,
+        ge=1,
+        description="CPU threads of a training job (OpenMP/BLAS); 1 leaves the other cores to the "
+        "endpoint and avoids oversubscription on small machines.",
+    )
 
 
 class GateConfig(_Section):
@@ -200,17 +207,27 @@ def load_config(
 
 def _from_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
+    top_level = set(Config.model_fields)
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "TIDAL_WORKSPACE":
+        if not name.startswith(ENV_PREFIX):
             continue
         keys = name[len(ENV_PREFIX) :].lower().split("__")
+        if keys[0] not in top_level:
+            continue  # TIDAL_WORKSPACE, TIDAL_API_KEY: variables of the CLI, not settings
         node = tree
         for key in keys[:-1]:
             node = node.setdefault(key, {})
-        try:
-            node[keys[-1]] = yaml.safe_load(raw) if raw else None
-        except yaml.YAMLError:
-            node[keys[-1]] = raw
+        # Scalars stay strings (pydantic converts "9000" to an int where an int is wanted, and
+        # a secret like "12345678" stays a string); lists and mappings are written as JSON/YAML.
+        value: Any = raw
+        if not raw:
+            value = None
+        elif raw.lstrip()[:1] in ("[", "{"):
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{name} is not a valid list or mapping: {exc}") from exc
+        node[keys[-1]] = value
     return tree
 
 
@@ -228,6 +245,8 @@ def _describe(exc: ValidationError, path: Path) -> str:
         where = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"  {where}: unknown key; see 'tidal init --print-config' for all keys")
+        elif any(str(p) in SECRET_KEYS for p in err["loc"]):
+            lines.append(f"  {where}: {err['msg']} (value hidden)")
         else:
             lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)

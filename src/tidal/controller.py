@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tidal.errors import NotFound, RetryableError, UsageError
-from tidal.pipeline import FIRST, Progress, execute
+from tidal.evaluation.gate import Decision
+from tidal.pipeline import FIRST, Progress, execute, quarantine
 from tidal.state import Run, RunStatus, owner_id
 from tidal.storage import sha256_bytes
 from tidal.triggers.polling import DATA_SUFFIXES, PollingSource
@@ -81,7 +82,16 @@ class Controller:
             if created:
                 log.info("queued run %s for %s", run.id, run.uri)
                 queued.append(run)
+            else:
+                self._requarantine(run, info.key)
         return queued
+
+    def _requarantine(self, run: Run, key: str) -> None:
+        """Bytes that validation already refused, landed again: back to quarantine/ with them."""
+        if run.decision != Decision.INVALID or run.record is None:
+            return
+        if key.startswith(f"{INCOMING}/") and self.ws.store.exists(key):
+            quarantine(self.ws, key, run.record.get("reasons") or [], run)
 
     # -- running ----------------------------------------------------------------------------
 
@@ -101,10 +111,17 @@ class Controller:
     ) -> dict[str, Any]:
         """Queue ``uri`` (if new) and return its decision record, running it here if free.
 
-        An object that was already run returns the earlier record at once (``repeated``).
+        An object that was already decided on returns the earlier record at once
+        (``repeated``); one whose run failed (a crash, a bad setting) is run again.
         """
         run, _ = self.submit(uri, sha256)
-        if run.status in (RunStatus.DONE, RunStatus.FAILED) and run.record is not None:
+        if run.status == RunStatus.FAILED and self.ws.state.retry(run.id, FIRST.value):
+            self.ws.state.event(
+                "run.queued", f"retrying failed run {run.id}", model=run.model, run_id=run.id
+            )
+            return self.wait_for(run.id, timeout_s=timeout_s)
+        if run.status == RunStatus.DONE and run.record is not None:
+            self._requarantine(run, self.ws.store.key_of(uri))
             current = self.ws.state.current_deployment(self.ws.model_name)
             return run.record | {"repeated": True, "champion": current.version if current else None}
         return self.wait_for(run.id, timeout_s=timeout_s)

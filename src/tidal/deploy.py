@@ -57,8 +57,15 @@ def rollback(ws: Workspace) -> dict[str, str]:
         None,
     )
     if previous is None:
+        abandoned = sorted(
+            {d.version for d in state.deployments(ws.model_name) if d.version != current.version},
+            key=int,
+        )
         raise UsageError(
-            f"v{current.version} is the only version ever deployed; there is no earlier one",
+            f"v{current.version} is the only version ever deployed; there is no earlier one"
+            if not abandoned
+            else f"no earlier champion to go back to: {', '.join('v' + v for v in abandoned)}"
+            f" {'was' if len(abandoned) == 1 else 'were'} rolled back already",
             hint="deploy another version first, or train one with 'tidal run FILE'",
         )
     state.mark_rolled_back(ws.model_name, current.version)

@@ -54,7 +54,16 @@ def status(ws: Workspace, *, check_endpoint: bool = True) -> dict[str, Any]:
     deployment = state.current_deployment(ws.model_name)
     champion = None
     if deployment is not None:
-        run = state.run(deployment.run_id) if deployment.run_id else None
+        # a rollback's record has no run: the metrics are those of the run that made the version
+        run_id = deployment.run_id or next(
+            (
+                d.run_id
+                for d in state.deployments(ws.model_name)
+                if d.version == deployment.version and d.run_id
+            ),
+            None,
+        )
+        run = state.run(run_id) if run_id else None
         record = (run.record or {}) if run else {}
         combined = ((record.get("metrics") or {}).get("candidate") or {}).get("combined")
         champion = {
@@ -91,7 +100,8 @@ def status(ws: Workspace, *, check_endpoint: bool = True) -> dict[str, Any]:
 def list_models(ws: Workspace) -> list[dict[str, Any]]:
     deployment = ws.state.current_deployment(ws.model_name)
     out = []
-    for info in ws.registry.versions():
+    for listed in ws.registry.versions():
+        info = ws.registry.version(listed.version)  # MLflow's search leaves aliases out
         data = ws.registry.run_data(info)
         out.append(
             {

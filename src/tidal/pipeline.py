@@ -161,6 +161,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
         },
         output_uri=output_uri,
         timeout_s=cfg.training.timeout_s,
+        cpus=cfg.training.threads,
     )
     executor = ws.executor
     handle = executor.submit(spec)
@@ -294,6 +295,11 @@ def execute(
     beat = threading.Thread(target=_heartbeat, args=(ws, run.id, owner, stop), daemon=True)
     beat.start()
     try:
+        if run.attempts > ws.config.controller.max_attempts:
+            raise TidalError(
+                f"gave up after {run.attempts - 1} attempts (controller.max_attempts); "
+                f"the last error: {run.error or 'the process running it died'}"
+            )
         step = Step(run.step)
         while step != Step.DONE:
             ctx.progress(step.value, {"event": "start"})

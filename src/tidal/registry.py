@@ -134,11 +134,6 @@ class Registry:
                 tags=[RunTag(k, v) for k, v in run_tags.items()],
             )
             client.log_artifacts(mlflow_run, str(model_dir), "model")
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "decision.json"
-                path.write_text(json.dumps(record, indent=2, sort_keys=True))
-                client.log_artifact(mlflow_run, str(path))
-            client.set_terminated(mlflow_run)
             version = client.create_model_version(
                 self.model_name,
                 source=f"{run.info.artifact_uri}/model",
@@ -146,6 +141,18 @@ class Registry:
                 tags={**tags, TAG_RUN: str(run_id)},
                 description=f"Tidal run {run_id}: {record.get('decision')}",
             )
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "decision.json"
+                path.write_text(
+                    json.dumps(
+                        record | {"version": str(version.version)},
+                        indent=2,
+                        sort_keys=True,
+                        default=str,
+                    )
+                )
+                client.log_artifact(mlflow_run, str(path))
+            client.set_terminated(mlflow_run)
         except Exception as exc:
             raise RetryableError(f"registering run {run_id} in MLflow failed: {exc}") from exc
         return self._info(version)

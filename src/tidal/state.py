@@ -325,6 +325,20 @@ class State:
                 ),
             )
 
+    def retry(self, run_id: int, first_step: str) -> bool:
+        """Queue a failed run again from its first step (its earlier outputs are dropped)."""
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE runs SET status='queued', step=?, decision=NULL, record=NULL, error=NULL,"
+                " attempts=0, owner=NULL, lease_until=NULL, started_at=NULL, finished_at=NULL"
+                " WHERE id=? AND status='failed'",
+                (first_step, run_id),
+            )
+            if cur.rowcount != 1:
+                return False
+            db.execute("DELETE FROM steps WHERE run_id=?", (run_id,))
+        return True
+
     # -- polling cursor -----------------------------------------------------------------------
 
     def cursor(self, source: str) -> str | None:

@@ -4,9 +4,10 @@ Contract, the same for every backend:
 - keys are ``/``-separated paths relative to the store's root URI; no leading slash;
 - ``put_*`` is atomic and overwrites: a reader sees the old object or the new one, never half
   (local files are written beside the target and renamed; an S3 PUT is atomic by itself);
-- ``get_*`` of a missing key raises ``NotFound``; a store that cannot be reached raises
-  ``StorageUnavailable`` (retryable);
-- ``list`` returns every object under a prefix, sorted by key, with size and modification time.
+- ``get_*`` of a missing key raises ``NotFound``; a store that cannot be reached, refuses the
+  credentials or has no such bucket raises ``StorageUnavailable`` (retryable);
+- ``list`` returns every object under a prefix, sorted by key, with size and modification time;
+  it always asks the server (no listing cache), so it sees what other processes wrote.
 
 s3fs is imported on first use of an ``s3://`` URI, never by ``import tidal``.
 """
@@ -16,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -62,8 +64,15 @@ class Store:
         self.protocol = root.split("://", 1)[0] if "://" in root else "file"
         self._path = root.split("://", 1)[1] if "://" in root else root
         self.fs = fsspec.filesystem(self.protocol, **(storage_options or {}))
+        # errors the S3 client lets through untranslated: endpoint down, no credentials, ...
+        self._transport_errors: tuple[type[BaseException], ...] = ()
         if self.protocol == "file":
             Path(self._path).mkdir(parents=True, exist_ok=True)
+        elif self.protocol == "s3":
+            import aiohttp
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            self._transport_errors = (BotoCoreError, ClientError, aiohttp.ClientError)
 
     def __repr__(self) -> str:  # no credentials in reprs
         return f"Store({self.root!r})"
@@ -95,6 +104,14 @@ class Store:
             ) from exc
         except (OSError, TimeoutError) as exc:
             raise StorageUnavailable(f"storage {self.root} unreachable: {exc}") from exc
+        except Exception as exc:
+            if not isinstance(exc, self._transport_errors):
+                raise
+            raise StorageUnavailable(
+                f"storage {self.root} unreachable: {exc}",
+                hint="check storage.endpoint_url and the credentials "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+            ) from exc
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -102,24 +119,23 @@ class Store:
         full = self._full(key)
         with self._errors(key):
             if self.protocol == "file":
-                os.makedirs(os.path.dirname(full), exist_ok=True)
-                tmp = f"{full}.tmp-{uuid.uuid4().hex[:8]}"
-                with open(tmp, "wb") as fh:
+                with _local_temp(full) as tmp, open(tmp, "wb") as fh:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-                os.replace(tmp, full)
             else:
                 self.fs.pipe_file(full, data)
 
     def put_file(self, key: str, path: Path) -> None:
         full = self._full(key)
+        if not path.is_file():
+            raise NotFound(f"no local file {path} to upload to {self.uri(key)}")
         with self._errors(key):
             if self.protocol == "file":
-                os.makedirs(os.path.dirname(full), exist_ok=True)
-                tmp = f"{full}.tmp-{uuid.uuid4().hex[:8]}"
-                self.fs.put_file(str(path), tmp)
-                os.replace(tmp, full)
+                with _local_temp(full) as tmp, open(path, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                    dst.flush()
+                    os.fsync(dst.fileno())
             else:
                 self.fs.put_file(str(path), full)
 
@@ -170,16 +186,28 @@ class Store:
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._full(prefix)
         with self._errors(prefix):
-            if not self.fs.exists(base):
-                return []
-            found = self.fs.find(base, detail=True)
+            if self.protocol == "file":
+                if not self.fs.exists(base):
+                    return []
+                found = self.fs.find(base, detail=True)
+            else:
+                try:  # one listing request; an empty prefix is simply empty
+                    found = self.fs.find(base, detail=True)
+                except FileNotFoundError as exc:  # only a missing bucket gets here
+                    raise StorageUnavailable(
+                        f"bucket of {self.root} does not exist: {exc}",
+                        hint="create the bucket, or fix storage.uri / storage.endpoint_url",
+                    ) from exc
         infos = []
         for path, detail in found.items():
-            if detail.get("type") == "directory" or ".tmp-" in path:
+            if detail.get("type") == "directory":
                 continue
-            key = path[len(self._path.rstrip("/")) + 1 :] if self.protocol != "file" else None
-            if key is None:
+            if self.protocol == "file":
+                if ".tmp-" in posixpath.basename(path):
+                    continue  # a put in progress (see put_bytes)
                 key = os.path.relpath(path, self._path).replace(os.sep, "/")
+            else:
+                key = path[len(self._path.rstrip("/")) + 1 :]
             infos.append(
                 ObjectInfo(key=key, size=int(detail.get("size") or 0), mtime=_mtime(detail))
             )
@@ -187,6 +215,20 @@ class Store:
 
     def sha256(self, key: str) -> str:
         return sha256_bytes(self.get_bytes(key))
+
+
+@contextmanager
+def _local_temp(full: str) -> Iterator[str]:
+    """A temporary path beside ``full``: renamed over it on success, removed on failure."""
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    tmp = f"{full}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        os.replace(tmp, full)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
 
 
 def _mtime(detail: dict[str, Any]) -> float:
@@ -224,7 +266,13 @@ def open_store(
             client_kwargs["endpoint_url"] = endpoint_url
         if region:
             client_kwargs["region_name"] = region
-        options = {"client_kwargs": client_kwargs, "skip_instance_cache": True}
+        # no listings cache: objects land from other processes (uploads, other workers), and a
+        # stale cached listing would hide them from list() and exists()
+        options = {
+            "client_kwargs": client_kwargs,
+            "skip_instance_cache": True,
+            "use_listings_cache": False,
+        }
         if key and secret:
             options.update(key=key, secret=secret)
     else:

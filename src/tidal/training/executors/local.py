@@ -58,6 +58,10 @@ def sm_environment(spec: JobSpec, root: Path, channels: list[str]) -> dict[str, 
         "SM_HOSTS": json.dumps(["algo-1"]),
         "SM_USER_ARGS": json.dumps(hyperparameter_args(spec.hyperparameters)),
         "PYTHONUNBUFFERED": "1",
+        # thread pools follow the job's CPU share: oversubscribed OpenMP is 3-10x slower
+        "OMP_NUM_THREADS": str(cpus),
+        "OPENBLAS_NUM_THREADS": str(cpus),
+        "MKL_NUM_THREADS": str(cpus),
     }
     for name in channels:
         env[f"SM_CHANNEL_{name.upper()}"] = str(root / "input" / "data" / name)
@@ -81,6 +85,7 @@ class LocalExecutor(Executor):
 
     def submit(self, spec: JobSpec) -> JobHandle:
         root = self.jobs_root / spec.name
+        _stop_orphan(root)
         if root.exists():
             shutil.rmtree(root)
         for sub in ("model", "output/data", "checkpoints", "input/config"):
@@ -104,6 +109,7 @@ class LocalExecutor(Executor):
             bufsize=1,
             start_new_session=True,  # Ctrl-C in the terminal reaches us, not the job
         )
+        (root / "job.pid").write_text(str(proc.pid))
         lines: queue.Queue[object] = queue.Queue()
         tail: deque[str] = deque(maxlen=40)
 
@@ -199,6 +205,23 @@ class LocalExecutor(Executor):
     def workdir(self, handle: JobHandle) -> Path:
         root: Path = handle.backend_data["root"]
         return root
+
+
+def _stop_orphan(root: Path) -> None:
+    """Kill a job left running by a controller that died (kill -9) before resubmitting it."""
+    try:
+        pid = int((root / "job.pid").read_text())
+        if os.readlink(f"/proc/{pid}/cwd") != str(root):
+            return  # that pid now belongs to another process: not ours to stop
+        os.killpg(pid, signal.SIGKILL)
+    except (OSError, ValueError):
+        return  # no pid file, or the job is gone already
+    for _ in range(50):
+        try:
+            os.killpg(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.05)
 
 
 def _status(code: int) -> JobStatus:

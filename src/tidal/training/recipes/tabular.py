@@ -166,6 +166,10 @@ class TabularPredictor(Predictor):
                 hint="only models written by the tabular recipe are loaded",
             )
         self.model = sio.load(path, trusted=sorted(needed))
+        # small batches are slower with an OpenMP team than without; one thread per process
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="openmp")
         self.classes = [_native(c) for c in self.model.classes_]
 
     def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
