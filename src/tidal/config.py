@@ -100,6 +100,28 @@ class TrainingConfig(_Section):
         description="Recipe hyperparameters, e.g. {model: logistic_regression} for tabular.",
     )
     timeout_s: int = Field(3600, ge=1, description="A training job running longer is stopped.")
+    script: str | None = Field(
+        None,
+        description="Script recipe: the training script (SageMaker contract), relative to the "
+        "workspace, e.g. train.py.",
+    )
+    source_dir: str | None = Field(
+        None, description="Script recipe: folder copied next to the script (default: its folder)."
+    )
+    channels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra input channels for scripts: name → store URI (file or prefix).",
+    )
+    checkpoint_every_steps: int = Field(
+        200, ge=1, description="Write a checkpoint every this many optimizer steps."
+    )
+    checkpoint_every_s: float = Field(
+        300.0, gt=0, description="... or when this many seconds passed since the last one."
+    )
+    checkpoints_keep: int = Field(2, ge=1, description="Complete checkpoints kept per run.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto uses a CUDA GPU (mixed precision) when one is present."
+    )
     threads: int = Field(
         1,
         ge=1,

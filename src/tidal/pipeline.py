@@ -15,6 +15,8 @@ Where data lives in the store (``_tidal/`` beside ``incoming/``):
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import threading
 import time
@@ -165,11 +167,15 @@ def train(ctx: RunContext) -> dict[str, Any]:
     )
     executor = ws.executor
     handle = executor.submit(spec)
-    for line in executor.logs(handle):
-        event = parse_event(line)
-        if event is not None and event.get("event") == "progress":
-            ctx.progress("train", event)
-    result = executor.collect(handle)
+    try:
+        for line in executor.logs(handle):
+            event = parse_event(line)
+            if event is not None and event.get("event") == "progress":
+                ctx.progress("train", event)
+        result = executor.collect(handle)
+    except BaseException:  # Ctrl-C or an error here: stop the job too, it resumes on restart
+        executor.cancel(handle)
+        raise
     if result.status == JobStatus.INTERRUPTED:
         raise RetryableError(f"training job {spec.name} was interrupted; it will be retried")
     if result.status != JobStatus.SUCCEEDED:
@@ -235,7 +241,7 @@ def register(ctx: RunContext) -> dict[str, Any]:
         "tidal.dataset_version": prep["dataset_version"],
         "tidal.training_sets": json.dumps(prep["train_uris"]),
         "tidal.manifest_sha256": trained["manifest_sha256"],
-        "tidal.code_version": __version__,
+        "tidal.code_version": code_version(),
         "tidal.recipe": ws.config.training.recipe,
     }
     params = {
@@ -314,7 +320,8 @@ def execute(
         record = build_record(
             ctx, gate["decision"], version=outputs[Step.REGISTER.value]["version"]
         )
-        record["resumed_from_step"] = resumed_from
+        record["resumed_from_stage"] = resumed_from
+        record["resumed_from_step"] = outputs[Step.TRAIN.value].get("resumed_from_step")
         state.finish(run.id, decision=record["decision"], record=record)
         state.event(
             f"run.{record['decision']}",
@@ -362,6 +369,17 @@ def _heartbeat(ws: Workspace, run_id: int, owner: str, stop: threading.Event) ->
         ws.state.renew(run_id, owner, ws.config.controller.lease_s)
 
 
+@functools.cache
+def code_version() -> str:
+    """Tidal's version plus a digest of its source files: what code made a model."""
+    digest = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return f"{__version__}+src.{digest.hexdigest()[:12]}"
+
+
 def build_record(
     ctx: RunContext, decision: str | None, *, version: str | None, reasons: list[str] | None = None
 ) -> dict[str, Any]:
@@ -385,7 +403,7 @@ def build_record(
         "sha256": ctx.run.sha256,
         "dataset_version": prep.get("dataset_version"),
         "training_sets": prep.get("train_uris"),
-        "code_version": __version__,
+        "code_version": code_version(),
         "steps": {k: round(v.get("_seconds", 0.0), 3) for k, v in outputs.items()},
         "seconds": round(now - started, 3),
         "seconds_since_landing": round(now - (ctx.run.landed_at or started), 3),

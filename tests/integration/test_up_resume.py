@@ -192,8 +192,8 @@ def test_up_trains_serves_and_resumes_a_run_killed_during_training(
         assert record is not None, done
         assert done.status == RunStatus.DONE, record
         assert record["decision"] in ("promoted", "rejected"), record
-        assert record["resumed_from_step"] == at_kill.step
-        assert record["resumed_from_step"] in AFTER_PREPARE
+        assert record["resumed_from_stage"] == at_kill.step
+        assert record["resumed_from_stage"] in AFTER_PREPARE
         assert done.attempts == 2 and done.owner is None
         assert record["version"] == "2" and record["champion_before"] == "1"
         expected = "2" if record["decision"] == "promoted" else "1"
