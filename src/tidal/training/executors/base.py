@@ -1,6 +1,7 @@
 """The executor interface: where a training job runs.
 
 A job follows SageMaker's training-container contract, so one spec fits every backend:
+the command runs in ``code/`` (a copy of ``code_dir`` when given);
 channels (name → object URIs) appear as folders named by ``SM_CHANNEL_<NAME>``; the model is
 written to ``SM_MODEL_DIR``; hyperparameters arrive as ``SM_HPS`` (JSON) and as
 ``--name value`` arguments; checkpoints go to a folder synced with ``checkpoint_uri``.
@@ -47,6 +48,7 @@ class JobSpec:
     timeout_s: int = 3600
     cpus: int | None = None
     gpus: int = 0
+    code_dir: str | None = None  # local folder copied to the job's code/ folder (its cwd)
 
 
 @dataclass

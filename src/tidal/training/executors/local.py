@@ -1,6 +1,6 @@
 """The local executor: a training job as a subprocess of its own, laid out like /opt/ml.
 
-The job folder holds ``input/data/<channel>/`` (staged from the store), ``model/``,
+The job folder holds ``code/`` (the job's working folder), ``input/data/<channel>/`` (staged from the store), ``model/``,
 ``output/data/`` and ``checkpoints/``; the environment carries SageMaker's ``SM_*`` variables.
 Log lines are streamed as they come and kept in ``job.log``; lines starting with ``@tidal ``
 carry JSON events (progress, metrics) from the job.
@@ -97,11 +97,15 @@ class LocalExecutor(Executor):
                 key = self.store.key_of(uri)
                 self.store.get_file(key, folder / f"{i:04d}-{Path(key).name}")
         (root / "input/config/hyperparameters.json").write_text(json.dumps(spec.hyperparameters))
+        code = root / "code"
+        if spec.code_dir:
+            shutil.copytree(spec.code_dir, code, ignore=shutil.ignore_patterns(".tidal", ".git"))
+        code.mkdir(exist_ok=True)
         env = {**os.environ, **sm_environment(spec, root, list(spec.channels)), **spec.env}
         log = open(root / "job.log", "w", encoding="utf-8")  # noqa: SIM115 - closed by the reader
         proc = subprocess.Popen(
             [*spec.command, *hyperparameter_args(spec.hyperparameters)],
-            cwd=root,
+            cwd=code,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -211,7 +215,7 @@ def _stop_orphan(root: Path) -> None:
     """Kill a job left running by a controller that died (kill -9) before resubmitting it."""
     try:
         pid = int((root / "job.pid").read_text())
-        if os.readlink(f"/proc/{pid}/cwd") != str(root):
+        if os.readlink(f"/proc/{pid}/cwd") != str(root / "code"):
             return  # that pid now belongs to another process: not ours to stop
         os.killpg(pid, signal.SIGKILL)
     except (OSError, ValueError):
