@@ -1,7 +1,8 @@
 """The local executor: a training job as a subprocess of its own, laid out like /opt/ml.
 
-The job folder holds ``code/`` (the job's working folder), ``input/data/<channel>/`` (staged from the store), ``model/``,
-``output/data/`` and ``checkpoints/``; the environment carries SageMaker's ``SM_*`` variables.
+The job folder holds ``code/`` (the job's working folder), ``input/data/<channel>/`` (staged
+from the store), ``model/``, ``output/data/`` and ``checkpoints/``; the environment carries
+SageMaker's ``SM_*`` variables.
 Log lines are streamed as they come and kept in ``job.log``; lines starting with ``@tidal ``
 carry JSON events (progress, metrics) from the job.
 """
