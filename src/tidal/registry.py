@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class Registry:
 
             for name in ("mlflow", "alembic"):  # their INFO lines would drown Tidal's output
                 logging.getLogger(name).setLevel(logging.WARNING)
+            # MLflow's own progress bars would mix with Tidal's on stderr
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
             self.lock.parent.mkdir(parents=True, exist_ok=True)
             with open(self.lock, "w") as fh:
