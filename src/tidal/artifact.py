@@ -28,6 +28,7 @@ MANIFEST = "tidal-model.json"
 FORMAT_VERSION = 1
 
 FLAVORS: dict[str, str] = {
+    "python": "tidal.training.recipes.custom:CustomPredictor",
     "sklearn": "tidal.training.recipes.tabular:TabularPredictor",
     "transformers": "tidal.training.recipes.text:TextPredictor",
 }

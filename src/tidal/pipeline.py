@@ -146,11 +146,13 @@ def prepare(ctx: RunContext) -> dict[str, Any]:
 def train(ctx: RunContext) -> dict[str, Any]:
     import sys
 
+    from tidal.training import checkpoints
     from tidal.training.executors.base import JobSpec, JobStatus
     from tidal.training.executors.local import parse_event
 
     ws, cfg, prep = ctx.ws, ctx.ws.config, ctx.out(Step.PREPARE)
     output_uri = ws.store.uri(f"{META}/runs/{ctx.run.id}/model")
+    checkpoint_prefix = f"{META}/runs/{ctx.run.id}/checkpoints"
     spec = JobSpec(
         name=f"run-{ctx.run.id}",
         command=[sys.executable, "-m", "tidal.training.entrypoint"],
@@ -160,36 +162,83 @@ def train(ctx: RunContext) -> dict[str, Any]:
             "params": cfg.training.params,
             "seed": cfg.data.seed,
             "schema": prep["schema"] | {"task": cfg.data.task},
+            "checkpoint": {
+                "every_steps": cfg.training.checkpoint_every_steps,
+                "every_s": cfg.training.checkpoint_every_s,
+                "keep": cfg.training.checkpoints_keep,
+            },
+            "device": cfg.training.device,
+            "threads": cfg.training.threads,
         },
         output_uri=output_uri,
+        checkpoint_uri=ws.store.uri(checkpoint_prefix),
         timeout_s=cfg.training.timeout_s,
         cpus=cfg.training.threads,
     )
+    if cfg.training.recipe == "script":  # the user's train.py under the same contract
+        from tidal.training.recipes.script import script_job
+
+        spec = script_job(cfg, ws.root, ws.store).apply(spec)
     executor = ws.executor
     handle = executor.submit(spec)
     try:
         for line in executor.logs(handle):
             event = parse_event(line)
-            if event is not None and event.get("event") == "progress":
+            if event is None:
+                continue
+            if event.get("event") == "progress":
                 ctx.progress("train", event)
+            elif event.get("event") == "resumed":
+                ctx.progress("train", event)
+                ws.state.event(
+                    "run.resumed",
+                    f"run {ctx.run.id}: training resumed from its checkpoint at step "
+                    f"{event.get('step')}",
+                    model=ws.model_name,
+                    run_id=ctx.run.id,
+                    data={"step": event.get("step")},
+                )
         result = executor.collect(handle)
     except BaseException:  # Ctrl-C or an error here: stop the job too, it resumes on restart
         executor.cancel(handle)
         raise
     if result.status == JobStatus.INTERRUPTED:
-        raise RetryableError(f"training job {spec.name} was interrupted; it will be retried")
+        raise RetryableError(
+            f"training job {spec.name} was interrupted (exit {result.exit_code}); it will be "
+            "retried and resume from its newest checkpoint"
+        )
     if result.status != JobStatus.SUCCEEDED:
         tail = "\n".join(result.log_tail[-15:])
         raise TidalError(f"training job {spec.name} failed (exit {result.exit_code}):\n{tail}")
+    if cfg.training.recipe == "script":  # give what the script wrote a manifest
+        from tidal.training.recipes.script import adopt_stored
+
+        local = ws.path("cache") / f"run-{ctx.run.id}" / "model"
+        schema = prep["schema"] | {"task": cfg.data.task}
+        adopt_stored(ws.store, output_uri, local, schema, params=cfg.training.params)
     manifest_key = ws.store.key_of(output_uri) + "/tidal-model.json"
-    return {
+    metrics = dict(result.metrics)
+    resumed_from = metrics.pop("resumed_from_step", None)
+    output = {
         "model_uri": output_uri,
         "manifest_sha256": ws.store.sha256(manifest_key),
         "executor": executor.name,
         "train_seconds": round(result.seconds, 3),
-        "train_metrics": result.metrics,
+        "train_metrics": metrics,
         "train_sets": len(prep["train_uris"]),
+        "steps": int(metrics["steps"]) if "steps" in metrics else None,
+        "resumed_from_step": int(resumed_from) if resumed_from is not None else None,
     }
+    try:  # the model is in the store: the run's checkpoints are no use any more
+        checkpoints.delete_remote(ws.store, checkpoint_prefix)
+    except TidalError as exc:
+        ws.state.event(
+            "run.warning",
+            f"run {ctx.run.id}: could not remove its checkpoints: {exc}",
+            model=ws.model_name,
+            run_id=ctx.run.id,
+        )
+    return output
 
 
 def evaluate(ctx: RunContext) -> dict[str, Any]:

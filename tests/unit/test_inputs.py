@@ -265,3 +265,104 @@ def test_one_row_decode_is_fast() -> None:
             decode_json(payload, NUMERIC)
         best = min(best, (time.perf_counter() - start) / 200)
     assert best < 100e-6, f"one-row decode took {best * 1e6:.0f} µs"
+
+
+# -- single-feature (text) models -------------------------------------------------------------
+
+TEXT = [Feature("text", "string")]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"inputs": ["a", "b"]},
+        {"instances": ["a", "b"]},
+        ["a", "b"],
+        [{"text": "a"}, {"text": "b"}],
+        {"instances": [{"text": "a"}, ["b"]]},
+    ],
+    ids=["inputs", "instances", "list", "objects", "mixed"],
+)
+def test_text_model_takes_bare_strings_as_rows(payload: object) -> None:
+    assert decode_json(body(payload), TEXT) == [{"text": "a"}, {"text": "b"}]
+
+
+@pytest.mark.parametrize(
+    "payload", ["a great movie", {"inputs": "a great movie"}, {"text": "a great movie"}]
+)
+def test_text_model_takes_one_bare_string_as_one_row(payload: object) -> None:
+    assert decode_json(body(payload), TEXT) == [{"text": "a great movie"}]
+
+
+def test_text_model_keeps_text_exactly() -> None:
+    text = 'He said "no", twice —\nthen left. ß'
+    assert decode_json(body([text]), TEXT) == [{"text": text}]
+    assert decode_jsonlines(body(text), TEXT) == [{"text": text}]
+
+
+def test_text_model_refuses_numbers_and_empty_envelopes() -> None:
+    with pytest.raises(InvalidInput, match=r"row 1: feature 'text' must be a string .*got 5"):
+        decode_json(body(["fine", 5]), TEXT)
+    with pytest.raises(InvalidInput, match="row 0: feature 'text' must be a string"):
+        decode_json(b"3", TEXT)
+    with pytest.raises(InvalidInput, match="no rows"):
+        decode_json(body({"inputs": []}), TEXT)
+    with pytest.raises(InvalidInput, match="must be a JSON object or list, got null"):
+        decode_json(b"null", TEXT)
+    with pytest.raises(InvalidInput, match="'inputs' must be a list of rows"):
+        decode_json(body({"inputs": {"text": "a"}}), TEXT)
+
+
+def test_text_model_null_in_a_list_is_a_missing_value() -> None:
+    assert decode_json(body(["a", None]), TEXT) == [{"text": "a"}, {"text": None}]
+
+
+def test_a_number_model_with_one_feature_takes_bare_numbers() -> None:
+    assert decode_json(b"[1, 2.5]", [Feature("x", "number")]) == [{"x": 1.0}, {"x": 2.5}]
+
+
+def test_a_bare_string_for_a_model_of_several_features_says_what_it_takes() -> None:
+    with pytest.raises(InvalidInput) as err:
+        decode_json(body(["a great movie"]), FEATURES)
+    message = str(err.value)
+    assert message.startswith("row 0: a bare string ('a great movie') is read as the only")
+    assert "this model takes 4 features: size (number), rooms (integer)" in message
+    with pytest.raises(InvalidInput, match=r"got 'a' .*; a bare value is a row only for single"):
+        decode_json(body("a"), FEATURES)
+    with pytest.raises(InvalidInput, match="'inputs' must be a list of rows"):
+        decode_json(body({"inputs": "a"}), FEATURES)
+
+
+def test_text_csv_one_quoted_text_per_line() -> None:
+    csv_body = b'"a moving, beautifully acted film"\nplain words\n"say ""hi"""\n'
+    assert decode_csv(csv_body, TEXT) == [
+        {"text": "a moving, beautifully acted film"},
+        {"text": "plain words"},
+        {"text": 'say "hi"'},
+    ]
+
+
+def test_text_csv_header_and_multiline_text() -> None:
+    assert decode_csv(b'text\n"two\nlines"\n', TEXT) == [{"text": "two\nlines"}]
+
+
+def test_text_csv_with_an_unquoted_comma_says_to_quote() -> None:
+    with pytest.raises(InvalidInput) as err:
+        decode_csv(b"a moving, beautifully acted film\n", TEXT)
+    message = str(err.value)
+    assert message.startswith("row 0 (line 1): 2 values given, the model takes 1 feature: text")
+    assert "in double quotes" in message
+
+
+def test_text_jsonlines_strings_and_objects() -> None:
+    lines = b'"a"\n{"text": "b"}\n\n["c"]\n'
+    assert decode_jsonlines(lines, TEXT) == [{"text": "a"}, {"text": "b"}, {"text": "c"}]
+    with pytest.raises(InvalidInput, match=r"row 0 \(line 1\): a bare string"):
+        decode_jsonlines(b'"a"\n', FEATURES)
+
+
+def test_text_list_of_values_of_the_wrong_length() -> None:
+    with pytest.raises(
+        InvalidInput, match="row 0: 2 values given, the model takes 1 feature: text"
+    ):
+        decode_json(body([["a", "b"]]), TEXT)

@@ -9,9 +9,18 @@ its order, values coerced to each feature's type):
                                        convention); a first row naming the features is a header
     decode_jsonlines(body, features)   one row per line
 
-A row is an object keyed by feature name or a list of values in feature order. Coercion by
-``Feature.type``: number → float, integer → int (whole floats accepted), boolean → bool
-(true/false/1/0 strings accepted), string → str; numeric strings are accepted for numbers
+A row is an object keyed by feature name or a list of values in feature order. A model with a
+single feature (a text model: one string feature) also takes a bare value as a row, so these
+all give ``[{"text": "a"}, {"text": "b"}]`` (one row for the bare string and ``{"inputs": "a"}``,
+the Hugging Face form):
+
+    {"inputs": ["a", "b"]}   {"instances": ["a", "b"]}   ["a", "b"]   "a"   {"inputs": "a"}
+    [{"text": "a"}, {"text": "b"}]   CSV: one quoted text per line   JSON Lines: "a" or {...}
+
+A bare value sent to a model with several features is refused with the list it takes.
+
+Coercion by ``Feature.type``: number → float, integer → int (whole floats accepted), boolean →
+bool (true/false/1/0 strings accepted), string → str; numeric strings are accepted for numbers
 (every CSV cell is a string); booleans are never numbers. ``null`` and an empty CSV cell become
 ``None``: a missing value the model handles. Infinity is refused.
 
@@ -174,7 +183,7 @@ def _mismatch(where: str, name: str, bad: _Bad, value: Any) -> InvalidInput:
 class _Plan:
     """The features of one model, prepared once per request for the per-row loop."""
 
-    __slots__ = ("features", "names", "steps", "text")
+    __slots__ = ("features", "names", "single", "steps", "text")
 
     def __init__(self, features: list[Feature], text: bool) -> None:
         if not features:
@@ -186,6 +195,8 @@ class _Plan:
         self.names = [f.name for f in features]
         self.steps = [(f.name, _COERCE[f.type]) for f in features]
         self.text = text
+        # a model with one feature (a text model) takes a bare value as a row
+        self.single = len(features) == 1
 
     def expected(self) -> str:
         return ", ".join(f"{f.name} ({f.type})" for f in self.features)
@@ -216,6 +227,11 @@ class _Plan:
 
     def from_values(self, where: str, raw: Sequence[Any]) -> Row:
         if len(raw) != len(self.steps):
+            if self.single:
+                raise InvalidInput(
+                    f"{where}: {len(raw)} values given, the model takes 1 feature: "
+                    f"{self.expected()}"
+                )
             raise InvalidInput(
                 f"{where}: {len(raw)} values given, the model takes {len(self.steps)} features "
                 f"in this order: {', '.join(self.names)}"
@@ -229,11 +245,30 @@ class _Plan:
                 raise _mismatch(where, name, bad, value) from None
         return row
 
+    def from_scalar(self, where: str, raw: Any) -> Row:
+        """A bare value as the row of a single-feature model."""
+        name, convert = self.steps[0]
+        try:
+            return {name: convert(raw, self.text)}
+        except _Bad as bad:
+            raise _mismatch(where, name, bad, raw) from None
+
     def from_any(self, where: str, raw: Any) -> Row:
-        if type(raw) is dict:
+        kind = type(raw)
+        if kind is dict:
             return self.from_mapping(where, raw)
-        if type(raw) is list:
+        if kind is list:
             return self.from_values(where, raw)
+        if self.single:
+            return self.from_scalar(where, raw)
+        if kind is str:
+            raise InvalidInput(
+                f"{where}: a bare string ({_show(raw)}) is read as the only feature of a "
+                f"single-feature model, but this model takes {len(self.steps)} features: "
+                f"{self.expected()}",
+                hint='send rows as {"feature": value, ...}; to send one row as a list of '
+                'values, wrap it: [["a", "b"]]',
+            )
         raise InvalidInput(
             f"{where}: expected an object keyed by feature name or a list of "
             f"{len(self.steps)} values, got {_show(raw)}",
@@ -267,9 +302,12 @@ def decode_json(body: bytes, features: list[Feature]) -> list[Row]:
     if type(data) is dict:
         return [plan.from_mapping("row 0", data)]
     if type(data) is not list:
+        if plan.single and data is not None:
+            return [plan.from_scalar("row 0", data)]
         raise InvalidInput(
             f"the request body must be a JSON object or list, got {_show(data)}",
-            hint='send {"instances": [{"feature": value, ...}]}',
+            hint='send {"instances": [{"feature": value, ...}]}'
+            + ("" if plan.single else "; a bare value is a row only for single-feature models"),
         )
     if not data:
         raise _no_rows()
@@ -287,6 +325,8 @@ def _unwrap(plan: _Plan, data: dict[str, Any]) -> Any:
                     hint=f'send {{"{key}": [{{"feature": value, ...}}]}}',
                 )
             rows = data[key]
+            if plan.single and rows is not None and type(rows) not in (list, dict):
+                return [rows]  # {"inputs": "a text"}: one bare value, the Hugging Face form
             if type(rows) is not list:
                 raise InvalidInput(
                     f"'{key}' must be a list of rows, got {_show(rows)}",
@@ -335,6 +375,13 @@ def decode_csv(body: bytes, features: list[Feature]) -> list[Row]:
     for i, (number, cells) in enumerate(lines):
         where = f"row {i} (line {number})"
         if header is None or header == plan.names:
+            if plan.single and len(cells) > 1:
+                raise InvalidInput(
+                    f"{where}: {len(cells)} values given, the model takes 1 feature: "
+                    f"{plan.expected()}",
+                    hint='put a text holding commas in double quotes, e.g. "a moving, '
+                    'beautifully acted film", and write a quote inside it twice: ""',
+                )
             rows.append(plan.from_values(where, cells))
             continue
         if len(cells) != len(header):

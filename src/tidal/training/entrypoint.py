@@ -4,6 +4,16 @@ It is an ordinary SageMaker-style training script: it reads its channels and hyp
 from ``SM_*`` variables, trains the recipe named in ``SM_HPS["recipe"]`` and writes the model
 folder, manifest included, into ``SM_MODEL_DIR``. Progress and metrics go to stdout as
 ``@tidal {json}`` lines that the executor streams back.
+
+Hyperparameters it reads besides the recipe's ``params``: ``seed``, ``schema``, ``checkpoint``
+(``every_steps``, ``every_s``, ``keep``), ``device`` and ``threads``; they reach the recipe in
+``TrainContext.extra``. Checkpoints live in ``SM_CHECKPOINT_DIR``, which the executor syncs with
+the object store.
+
+SIGTERM (a spot interruption, ``tidal`` stopping the job) sets a stop flag: a recipe that
+checkpoints writes one at once and raises ``RetryableError``, and the job exits 75
+(``EXIT_RETRY``) so the controller runs it again; the next attempt resumes from the checkpoint.
+The final ``metrics`` event carries ``resumed_from_step`` (null for a run that was not resumed).
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tidal.errors import EXIT_INTERNAL, EXIT_USAGE, TidalError
+from tidal.errors import EXIT_INTERNAL, EXIT_USAGE, RetryableError, TidalError
 
 RECIPES = {
     "tabular": "tidal.training.recipes.tabular:TabularRecipe",
@@ -60,6 +70,8 @@ def main() -> int:
         labels=schema["labels"],
     )
     recipe.setup()
+    if stop["requested"]:
+        raise RetryableError("asked to stop (SIGTERM) before training started")
     train = read_channel(os.environ.get("SM_CHANNEL_TRAIN"))
     valid = read_channel(os.environ.get("SM_CHANNEL_TEST"))
     if train is None or not len(train):
@@ -72,6 +84,11 @@ def main() -> int:
         else None,
         report=emit,
         stop_requested=lambda: stop["requested"],
+        extra={
+            "checkpoint": hps.get("checkpoint") or {},
+            "device": hps.get("device", "auto"),
+            "threads": hps.get("threads"),
+        },
     )
     emit({"event": "started", "rows": len(train), "recipe": recipe_name})
     metrics = recipe.fit(train, valid, model_dir, ctx)
@@ -84,7 +101,8 @@ def main() -> int:
         params=hps.get("params", {}),
     )
     write_manifest(model_dir, manifest)
-    emit({"event": "metrics", "metrics": metrics})
+    resumed = ctx.extra.get("resumed_from_step")
+    emit({"event": "metrics", "metrics": metrics, "resumed_from_step": resumed})
     return 0
 
 

