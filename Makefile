@@ -39,6 +39,7 @@ lint: setup-test
 
 bench: setup-test  ## performance figures (not part of make test)
 	$(BIN)/python bench/pipeline_bench.py
+	$(BIN)/python bench/text_bench.py --rows 256 --threads 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

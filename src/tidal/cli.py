@@ -162,6 +162,11 @@ class StepProgress:
                 if isinstance(v, float) and k not in ("step", "total")
             )
             self.status.update(f"{step}: step {info.get('step')}/{info.get('total')} {extra}")
+        elif event == "resumed":
+            err.print(
+                f"  [cyan]↻[/] training resumes from its checkpoint at step {info.get('step')}",
+                highlight=False,
+            )
         elif event == "done":
             err.print(f"  [green]✓[/] {step:<9} {info['seconds']:.2f} s", highlight=False)
 
@@ -409,9 +414,19 @@ def _predict_local(ws: Any, data: str | None, file: Path | None) -> dict[str, An
         rows = decode_json(json.dumps({"instances": rows}).encode(), features)
     else:
         assert data is not None
-        raw = data.strip().encode()
-        rows = decode_json(raw, features) if raw[:1] in (b"{", b"[") else decode_csv(raw, features)
+        body, ctype = _argument_payload(data, [{"name": f.name, "type": f.type} for f in features])
+        rows = (decode_json if ctype == "application/json" else decode_csv)(body, features)
     return {"model_version": deployment.version, "predictions": predictor.predict(rows)}
+
+
+def _argument_payload(raw: str, features: list[dict[str, Any]]) -> tuple[bytes, str]:
+    """JSON when it looks like JSON, plain text for a one-text-feature model, else a CSV row."""
+    raw = raw.strip()
+    if raw[:1] in ("{", "[", '"'):
+        return raw.encode(), "application/json"
+    if len(features) == 1 and features[0]["type"] == "string":
+        return json.dumps(raw).encode(), "application/json"
+    return raw.encode(), "text/csv"
 
 
 def _predict_http(
@@ -420,15 +435,13 @@ def _predict_http(
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    model = httpx.get(f"{url}/model", timeout=5).json()
     if file is not None:
-        model = httpx.get(f"{url}/model", timeout=5).json()
         rows, _ = _rows_from_file(file, [f["name"] for f in model["features"]])
         body, ctype = json.dumps({"instances": rows}).encode(), "application/json"
     else:
         assert data is not None
-        raw = data.strip()
-        ctype = "application/json" if raw[:1] in ("{", "[") else "text/csv"
-        body = raw.encode()
+        body, ctype = _argument_payload(data, model["features"])
     response = httpx.post(
         f"{url}/invocations", content=body, headers={**headers, "Content-Type": ctype}, timeout=30
     )

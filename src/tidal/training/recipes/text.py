@@ -213,6 +213,8 @@ class TextRecipe(Recipe):
                 bf16=bf16,
                 fp16=use_cuda and not bf16,
                 dataloader_pin_memory=use_cuda,
+                # batches of similar lengths: about half the padding on short reviews
+                train_sampling_strategy="group_by_length",
             )
             resume = checkpoints.latest_complete(folder) if folder is not None else None
             resumed_from = checkpoints.step_of(resume.name) if resume is not None else None
@@ -440,7 +442,10 @@ class TextPredictor(Predictor):
     def setup(self) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # no "Loading weights" bars on the endpoint's stderr
+        hf_logging.set_verbosity_error()
         self.torch = torch
         self.text = text_feature(self.manifest.features)
         try:
