@@ -487,6 +487,16 @@ def status(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
     state = "down" if not ep.get("up") else f"up, serving v{ep.get('model_version')}"
     out.print(f"endpoint  {ep['url']} ({state})", highlight=False)
     out.print(f"queue     {data['queue'] or 'empty'}", highlight=False)
+    for run in data["active_runs"]:
+        line = f"active    run {run['run_id']} {Path(run['source']).name}: {run['step']}"
+        p = run.get("progress") or {}
+        if p.get("total"):
+            line += f"  step {p.get('step')}/{p['total']}"
+            if p.get("loss") is not None:
+                line += f"  loss {p['loss']:.4f}"
+            if p.get("eta_s") is not None:
+                line += f"  ETA {p['eta_s']:.0f} s"
+        out.print(line, highlight=False)
     if data["recent_runs"]:
         table = Table("run", "source", "status", "decision", "version", "seconds", box=None)
         for r in data["recent_runs"]:

@@ -74,7 +74,7 @@ def status(ws: Workspace, *, check_endpoint: bool = True) -> dict[str, Any]:
         }
     cursor = state.cursor(f"poll:{ws.store.uri('incoming')}")
     active = [
-        run_summary(r)
+        run_summary(r) | {"progress": state.progress(r.id)}
         for r in state.runs(ws.model_name, limit=50)
         if r.status.value in ("queued", "running")
     ]

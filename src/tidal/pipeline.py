@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 
     from tidal.data.schema import Schema
     from tidal.state import Run
+
+
+log = logging.getLogger("tidal.pipeline")
 
 
 class Step(StrEnum):
@@ -180,6 +184,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
 
         spec = script_job(cfg, ws.root, ws.store).apply(spec)
     executor = ws.executor
+    reporter = _TrainingReporter(ws, ctx.run.id)
     handle = executor.submit(spec)
     try:
         for line in executor.logs(handle):
@@ -188,6 +193,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
                 continue
             if event.get("event") == "progress":
                 ctx.progress("train", event)
+                reporter.report(event)
             elif event.get("event") == "resumed":
                 ctx.progress("train", event)
                 ws.state.event(
@@ -239,6 +245,35 @@ def train(ctx: RunContext) -> dict[str, Any]:
             run_id=ctx.run.id,
         )
     return output
+
+
+class _TrainingReporter:
+    """Keeps ``tidal status`` and MLflow up to date while a job trains (every few seconds)."""
+
+    def __init__(self, ws: Workspace, run_id: int, every_s: float = 2.0) -> None:
+        self.ws, self.run_id, self.every_s = ws, run_id, every_s
+        self.last = 0.0
+        self.mlflow_ok = True
+
+    def report(self, event: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and event.get("step") != event.get("total"):
+            return
+        self.last = now
+        data = {k: v for k, v in event.items() if k != "event"}
+        self.ws.state.set_progress(self.run_id, data)
+        numbers = {
+            k: v
+            for k, v in data.items()
+            if isinstance(v, (int, float)) and k not in ("step", "total")
+        }
+        if not (self.mlflow_ok and numbers and isinstance(data.get("step"), int)):
+            return
+        try:
+            self.ws.registry.log_training(self.run_id, numbers, int(data["step"]))
+        except Exception as exc:  # streaming is a nicety: training goes on without it
+            self.mlflow_ok = False
+            log.warning("run %s: streaming metrics to MLflow stopped: %s", self.run_id, exc)
 
 
 def evaluate(ctx: RunContext) -> dict[str, Any]:

@@ -103,6 +103,29 @@ class Registry:
 
     # -- writing ----------------------------------------------------------------------------
 
+    def _mlflow_run(self, run_id: int, tags: dict[str, str] | None = None) -> Any:
+        """The MLflow run of a Tidal run: found by its tag, or created."""
+        client = self.client
+        assert self._experiment_id is not None
+        found = client.search_runs(
+            [self._experiment_id], filter_string=f"tags.`{TAG_RUN}` = '{run_id}'", max_results=1
+        )
+        if found:
+            return found[0]
+        tags = tags or {TAG_RUN: str(run_id), "mlflow.runName": f"tidal-run-{run_id}"}
+        return client.create_run(self._experiment_id, tags=tags)
+
+    def log_training(self, run_id: int, metrics: dict[str, float], step: int) -> None:
+        """Stream training metrics (loss, samples/s) to the run's MLflow run while it trains."""
+        from mlflow.entities import Metric
+
+        mlflow_run = self._mlflow_run(run_id).info.run_id
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            mlflow_run,
+            metrics=[Metric(f"train.{k}", float(v), now, step) for k, v in sorted(metrics.items())],
+        )
+
     def register(
         self,
         *,
@@ -121,12 +144,8 @@ class Registry:
         from mlflow.entities import Metric, Param, RunTag
 
         client = self.client
-        assert self._experiment_id is not None
         run_tags = {**tags, TAG_RUN: str(run_id), "mlflow.runName": f"tidal-run-{run_id}"}
-        found = client.search_runs(
-            [self._experiment_id], filter_string=f"tags.`{TAG_RUN}` = '{run_id}'", max_results=1
-        )
-        run = found[0] if found else client.create_run(self._experiment_id, tags=run_tags)
+        run = self._mlflow_run(run_id, run_tags)
         mlflow_run = run.info.run_id
         now = int(time.time() * 1000)
         try:

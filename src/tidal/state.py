@@ -68,6 +68,11 @@ CREATE TABLE IF NOT EXISTS deployments(
   rolled_back INTEGER NOT NULL DEFAULT 0,
   created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS progress(
+  run_id INTEGER PRIMARY KEY,
+  data TEXT NOT NULL,
+  updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   ts REAL NOT NULL,
@@ -297,6 +302,20 @@ class State:
                 (run_id, step, json.dumps(output), seconds, time.time()),
             )
             db.execute("UPDATE runs SET step=? WHERE id=?", (next_step, run_id))
+
+    def set_progress(self, run_id: int, data: dict[str, Any]) -> None:
+        """The latest training progress of a run (step, total, loss, ETA), for ``tidal status``."""
+        with self.tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO progress(run_id, data, updated_at) VALUES (?,?,?)",
+                (run_id, json.dumps(data), time.time()),
+            )
+
+    def progress(self, run_id: int) -> dict[str, Any] | None:
+        rows = self._read("SELECT data, updated_at FROM progress WHERE run_id=?", (run_id,))
+        if not rows:
+            return None
+        return dict(json.loads(rows[0]["data"])) | {"updated_at": rows[0]["updated_at"]}
 
     def step_outputs(self, run_id: int) -> dict[str, dict[str, Any]]:
         rows = self._read("SELECT step, output, seconds FROM steps WHERE run_id=?", (run_id,))

@@ -230,3 +230,19 @@ def test_predict_sends_a_json_string_to_the_endpoint(text_ws: TextWorkspace, end
     result = json.loads(done.stdout)
     assert result["via"] == endpoint and result["model_version"] == "1"
     assert len(result["predictions"]) == 1 and result["predictions"][0]["label"] in LABELS
+
+
+def test_training_metrics_were_streamed_to_mlflow(text_ws: TextWorkspace) -> None:
+    from mlflow import MlflowClient
+
+    shown = json.loads(text_ws.tidal("models", "show", "1", "--json").stdout)
+    client = MlflowClient(tracking_uri=f"sqlite:///{text_ws.ws / '.tidal' / 'mlflow.db'}")
+    history = client.get_metric_history(shown["mlflow_run_id"], "train.loss")
+    assert history, "no train.loss points were logged while training"
+    assert all(point.step > 0 for point in history)
+
+
+def test_plain_text_argument_is_sent_as_text(text_ws: TextWorkspace) -> None:
+    done = text_ws.tidal("predict", "a great movie, funny and warm", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["predictions"][0]["label"] in {"fresh", "rotten"}

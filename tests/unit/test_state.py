@@ -226,3 +226,12 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
 
     assert reopened.run(run.id) is not None
     assert reopened.enqueue("m", "u", SHA_A, "validate")[1] is False
+
+
+def test_progress_keeps_the_latest_report(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.db")
+    assert state.progress(7) is None
+    state.set_progress(7, {"step": 3, "total": 10, "loss": 0.9})
+    state.set_progress(7, {"step": 5, "total": 10, "loss": 0.7})
+    got = state.progress(7)
+    assert got is not None and got["step"] == 5 and got["loss"] == 0.7 and got["updated_at"] > 0
