@@ -36,17 +36,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tidal.training.recipes.text import DEFAULTS as TEXT_DEFAULTS
+
 RATIO_GOAL = 0.95
 OVERHEAD_GOAL = 0.05
 DEFAULT_EVERY_STEPS = 200
 DEFAULT_EVERY_S = 300.0
+# the recipe's own defaults, so both sides train with the same hyperparameters
 HYPER = {
-    "learning_rate": 1e-4,
-    "epochs": 1,
-    "batch_size": 16,
-    "max_length": 128,
-    "weight_decay": 0.01,
-    "warmup_ratio": 0.06,
+    key: TEXT_DEFAULTS[key]
+    for key in (
+        "learning_rate",
+        "epochs",
+        "batch_size",
+        "max_length",
+        "weight_decay",
+        "warmup_ratio",
+    )
 }
 
 BARE = """
