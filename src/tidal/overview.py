@@ -100,8 +100,7 @@ def status(ws: Workspace, *, check_endpoint: bool = True) -> dict[str, Any]:
 def list_models(ws: Workspace) -> list[dict[str, Any]]:
     deployment = ws.state.current_deployment(ws.model_name)
     out = []
-    for listed in ws.registry.versions():
-        info = ws.registry.version(listed.version)  # MLflow's search leaves aliases out
+    for info in ws.registry.versions():
         data = ws.registry.run_data(info)
         out.append(
             {

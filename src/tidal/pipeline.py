@@ -86,6 +86,24 @@ class RunContext:
     def out(self, step: Step) -> dict[str, Any]:
         return self.outputs[step.value]
 
+    @property
+    def candidate_dir(self) -> Path:
+        return self.ws.path("cache") / f"run-{self.run.id}" / "model"
+
+    def fetch_candidate(self) -> Path:
+        """The trained model folder, copied from the store unless this copy is current."""
+        import shutil
+
+        from tidal.artifact import MANIFEST
+        from tidal.storage import sha256_file
+
+        local, trained = self.candidate_dir, self.out(Step.TRAIN)
+        manifest = local / MANIFEST
+        if not manifest.exists() or sha256_file(manifest) != trained["manifest_sha256"]:
+            shutil.rmtree(local, ignore_errors=True)
+            self.ws.store.get_dir(self.ws.store.key_of(trained["model_uri"]), local)
+        return local
+
 
 # -- steps ------------------------------------------------------------------------------------
 
@@ -219,7 +237,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     if cfg.training.recipe == "script":  # give what the script wrote a manifest
         from tidal.training.recipes.script import adopt_stored
 
-        local = ws.path("cache") / f"run-{ctx.run.id}" / "model"
+        local = ctx.candidate_dir
         schema = prep["schema"] | {"task": cfg.data.task}
         adopt_stored(ws.store, output_uri, local, schema, params=cfg.training.params)
     manifest_key = ws.store.key_of(output_uri) + "/tidal-model.json"
@@ -283,9 +301,7 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
 
     ws, store = ctx.ws, ctx.ws.store
     trained, prep = ctx.out(Step.TRAIN), ctx.out(Step.PREPARE)
-    local = ws.path("cache") / f"run-{ctx.run.id}" / "model"
-    store.get_dir(store.key_of(trained["model_uri"]), local)
-    candidate = load_predictor(local, trained["manifest_sha256"])
+    candidate = load_predictor(ctx.fetch_candidate(), trained["manifest_sha256"])
     slices = {
         "holdout": from_jsonl(store.get_bytes(HOLDOUT_KEY)),
         f"test:{Path(ctx.key).name}": from_jsonl(store.get_bytes(store.key_of(prep["test_uri"]))),
@@ -306,9 +322,7 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
 def register(ctx: RunContext) -> dict[str, Any]:
     ws = ctx.ws
     prep, trained, gate = ctx.out(Step.PREPARE), ctx.out(Step.TRAIN), ctx.out(Step.EVALUATE)
-    local = ws.path("cache") / f"run-{ctx.run.id}" / "model"
-    if not (local / "tidal-model.json").exists():
-        ws.store.get_dir(ws.store.key_of(trained["model_uri"]), local)
+    local = ctx.fetch_candidate()
     metrics = {
         f"candidate.{s}.{m}": v for s, ms in gate["candidate"].items() for m, v in ms.items()
     }

@@ -214,7 +214,13 @@ class Registry:
 
     def versions(self) -> list[VersionInfo]:
         found = self.client.search_model_versions(f"name = '{self.model_name}'")
-        return sorted((self._info(v) for v in found), key=lambda v: int(v.version))
+        # the search leaves aliases out; the registered model has them all, in one call
+        aliases = self.client.get_registered_model(self.model_name).aliases or {}
+        by_version: dict[str, list[str]] = {}
+        for alias, version in aliases.items():
+            by_version.setdefault(str(version), []).append(alias)
+        infos = (self._info(v, by_version.get(str(v.version))) for v in found)
+        return sorted(infos, key=lambda v: int(v.version))
 
     def run_data(self, info: VersionInfo) -> dict[str, Any]:
         run = self.client.get_run(info.run_id)
@@ -241,13 +247,13 @@ class Registry:
             got.rename(target)
         return target
 
-    def _info(self, mv: Any) -> VersionInfo:
+    def _info(self, mv: Any, aliases: list[str] | None = None) -> VersionInfo:
         return VersionInfo(
             version=str(mv.version),
             run_id=mv.run_id,
             source=mv.source,
             created_at=mv.creation_timestamp / 1000,
-            aliases=list(getattr(mv, "aliases", []) or []),
+            aliases=sorted(aliases) if aliases is not None else list(mv.aliases or []),
             tags=dict(mv.tags or {}),
         )
 
