@@ -12,6 +12,8 @@ import random
 import sys
 from pathlib import Path
 
+from tidal.artifact import Feature
+
 LABELS = ["bad", "good"]
 WORDS = ["movie", "plot", "acting", "film", "story", "cast", "music", "ending", "scene"]
 
@@ -51,3 +53,62 @@ def make_tiny_bert(folder: Path) -> Path:
 
 if __name__ == "__main__":
     make_tiny_bert(Path(sys.argv[1]))
+
+
+HOUSE_FEATURES = [Feature("size", "number"), Feature("rooms", "integer")]
+
+
+def train_houses(model_dir: Path) -> str:
+    """A logistic regression on 20 rows: big houses are 'dear'. Returns the manifest's sha256."""
+    import pandas as pd
+
+    from tidal.artifact import Manifest, write_manifest
+    from tidal.training.recipes.base import TrainContext
+    from tidal.training.recipes.tabular import TabularRecipe
+
+    sizes = [
+        20,
+        25,
+        30,
+        35,
+        40,
+        45,
+        50,
+        55,
+        60,
+        65,
+        110,
+        120,
+        130,
+        140,
+        150,
+        160,
+        170,
+        180,
+        190,
+        200,
+    ]
+    frame = pd.DataFrame(
+        {
+            "size": [float(s) for s in sizes],
+            "rooms": [1 + s // 50 for s in sizes],
+            "price": ["cheap"] * 10 + ["dear"] * 10,
+        }
+    )
+    labels = ["cheap", "dear"]
+    recipe = TabularRecipe(
+        {"model": "logistic_regression"},
+        features=HOUSE_FEATURES,
+        label_column="price",
+        labels=labels,
+    )
+    model_dir.mkdir(parents=True)
+    recipe.fit(frame, None, model_dir, TrainContext())
+    manifest = Manifest(
+        flavor="sklearn",
+        task="tabular",
+        features=HOUSE_FEATURES,
+        labels=labels,
+        label_column="price",
+    )
+    return write_manifest(model_dir, manifest)

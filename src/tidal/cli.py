@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -273,11 +274,20 @@ def ingest(
 
 
 def build_endpoint(ws: Any) -> Any:
+    """The endpoint's app for a workspace: its champion, served by worker processes."""
     from tidal.serving.gateway import build_app
+    from tidal.serving.runtime import Runtime, deployed_flavors
     from tidal.serving.slot import ModelSlot, SingleVariantRouter
 
-    slot = ModelSlot(source=lambda: ws.state.current_deployment(ws.model_name))
-    return build_app(ws.config.serving, SingleVariantRouter(slot))
+    current = ws.state.current_deployment(ws.model_name)
+    flavors = deployed_flavors([current.model_dir]) if current else []
+    if not flavors:  # nothing deployed yet: get ready for what this workspace will train
+        flavors = ["transformers" if ws.config.data.task == "text" else "sklearn"]
+    runtime = Runtime(ws.config.serving, store=ws.store, flavors=flavors)
+    slot = ModelSlot(
+        source=lambda: ws.state.current_deployment(ws.model_name), loader=runtime.loader()
+    )
+    return build_app(ws.config.serving, SingleVariantRouter(slot), runtime)
 
 
 @app.command()
@@ -323,22 +333,68 @@ def serve(
     workspace: Path | None = WS_OPT,
     host: str | None = typer.Option(None, help="Bind address (default: serving.host)."),
     port: int | None = typer.Option(None, help="Port (default: serving.port)."),
+    model_dir: Path | None = typer.Option(
+        None,
+        "--model-dir",
+        envvar="TIDAL_MODEL_DIR",
+        help="Serve this model folder instead of a workspace's champion (a SageMaker "
+        "container serves /opt/ml/model this way).",
+    ),
 ) -> None:
-    """Run the endpoint alone, serving the champion (follows new deployments)."""
+    """Run the endpoint alone: the champion (following new deployments), or one model folder."""
+    from tidal.config import load_config
     from tidal.serving.server import serve as run_server
-    from tidal.workspace import Workspace
 
     serving: dict[str, Any] = {}
     if host:
         serving["host"] = host
-    if port:
-        serving["port"] = port
-    ws = Workspace.open(workspace, overrides={"serving": serving} if serving else None)
+    if port or os.environ.get("SAGEMAKER_BIND_TO_PORT"):
+        serving["port"] = port or int(os.environ["SAGEMAKER_BIND_TO_PORT"])
+    overrides = {"serving": serving} if serving else None
     _setup_logging()
-    err.print(
-        f"endpoint on http://{ws.config.serving.host}:{ws.config.serving.port}", highlight=False
+    if model_dir is not None:
+        config = load_config(Path.cwd(), overrides=overrides)
+        endpoint = build_folder_endpoint(model_dir, config.serving)
+    else:
+        from tidal.workspace import Workspace
+
+        ws = Workspace.open(workspace, overrides=overrides)
+        config = ws.config
+        endpoint = build_endpoint(ws)
+    err.print(f"endpoint on http://{config.serving.host}:{config.serving.port}", highlight=False)
+    run_server(endpoint, config.serving.host, config.serving.port)
+
+
+def build_folder_endpoint(model_dir: Path, serving: Any) -> Any:
+    """The endpoint's app for one model folder, as a SageMaker container serves it."""
+    from tidal.artifact import MANIFEST
+    from tidal.serving.gateway import build_app
+    from tidal.serving.runtime import Runtime, deployed_flavors
+    from tidal.serving.slot import ModelSlot, SingleVariantRouter
+    from tidal.state import Deployment
+    from tidal.storage import sha256_file
+
+    folder = model_dir.resolve()
+    if not (folder / MANIFEST).is_file():
+        raise UsageError(
+            f"{folder} is not a Tidal model folder: it has no {MANIFEST}",
+            hint="point --model-dir at a folder a Tidal run wrote (.tidal/models/vN in a "
+            "workspace), e.g. the model.tar.gz of a Tidal training job extracted",
+        )
+    fixed = Deployment(
+        id=1,
+        model=folder.name if folder.name not in ("model", "") else "model",
+        version=os.environ.get("TIDAL_MODEL_VERSION", "1"),
+        model_dir=str(folder),
+        manifest_sha256=sha256_file(folder / MANIFEST),  # later changes are refused
+        reason="served from --model-dir",
+        run_id=None,
+        rolled_back=False,
+        created_at=(folder / MANIFEST).stat().st_mtime,
     )
-    run_server(build_endpoint(ws), ws.config.serving.host, ws.config.serving.port)
+    runtime = Runtime(serving, flavors=deployed_flavors([str(folder)]))
+    slot = ModelSlot(source=lambda: fixed, loader=runtime.loader())
+    return build_app(serving, SingleVariantRouter(slot), runtime)
 
 
 # -- predict ----------------------------------------------------------------------------------

@@ -168,6 +168,55 @@ class ServingConfig(_Section):
     reload_interval_s: float = Field(
         0.5, gt=0, description="How often the endpoint checks for a new champion."
     )
+    idle_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds without requests after which a model's workers exit (scale to "
+        "zero); the next request starts one and waits for it.",
+    )
+    max_concurrency: int = Field(
+        200,
+        ge=1,
+        le=10_000,
+        description="Requests in flight at once (SageMaker: 1-200); beyond it: 429 Retry-After.",
+    )
+    max_workers: int = Field(
+        2, ge=1, le=64, description="Worker processes per model variant, added as load grows."
+    )
+    worker_idle_s: float = Field(
+        30.0,
+        gt=0,
+        description="An extra worker idle this long exits (the last one waits for idle_timeout_s).",
+    )
+    memory_mb: int = Field(
+        2048,
+        ge=16,
+        description="Memory one worker may use beyond its launcher (SageMaker: 1024-6144); a "
+        "model that needs more fails to start, a worker that grows past it is replaced.",
+    )
+    worker_threads: int = Field(1, ge=1, description="Compute threads in each worker.")
+    start_timeout_s: float = Field(
+        120.0, gt=0, description="Longest a worker may take to load its model."
+    )
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="Most rows sent to a worker in one predict call."
+    )
+    max_batch_delay_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Longest a request waits for others to share its batch; only under load "
+        "(a lone request never waits).",
+    )
+    capture_sample_rate: float = Field(
+        1.0, ge=0, le=1, description="Share of requests whose inputs and outputs are captured."
+    )
+    capture_format: Literal["jsonl", "parquet"] = Field(
+        "jsonl", description="Captured records' file format in the store: jsonl or parquet."
+    )
+    capture_flush_interval_s: float = Field(
+        5.0, gt=0, description="How often captured records are written to the store."
+    )
 
 
 class ControllerConfig(_Section):

@@ -9,61 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pandas as pd
 
-from tidal.artifact import Feature, Manifest, write_manifest
 from tidal.config import ServingConfig
 from tidal.serving.gateway import build_app
+from tidal.serving.runtime import Runtime
 from tidal.serving.server import BackgroundServer
 from tidal.serving.slot import ModelSlot, SingleVariantRouter
 from tidal.state import State
-from tidal.training.recipes.base import TrainContext
-from tidal.training.recipes.tabular import MODEL_FILE, TabularRecipe
-
-FEATURES = [Feature("size", "number"), Feature("rooms", "integer")]
-
-
-def train(model_dir: Path) -> str:
-    """A logistic regression on 20 rows: big houses are 'dear'. Returns the manifest's sha256."""
-    sizes = [
-        20,
-        25,
-        30,
-        35,
-        40,
-        45,
-        50,
-        55,
-        60,
-        65,
-        110,
-        120,
-        130,
-        140,
-        150,
-        160,
-        170,
-        180,
-        190,
-        200,
-    ]
-    frame = pd.DataFrame(
-        {
-            "size": [float(s) for s in sizes],
-            "rooms": [1 + s // 50 for s in sizes],
-            "price": ["cheap"] * 10 + ["dear"] * 10,
-        }
-    )
-    labels = ["cheap", "dear"]
-    recipe = TabularRecipe(
-        {"model": "logistic_regression"}, features=FEATURES, label_column="price", labels=labels
-    )
-    model_dir.mkdir(parents=True)
-    recipe.fit(frame, None, model_dir, TrainContext())
-    manifest = Manifest(
-        flavor="sklearn", task="tabular", features=FEATURES, labels=labels, label_column="price"
-    )
-    return write_manifest(model_dir, manifest)
+from tidal.training.recipes.tabular import MODEL_FILE
+from toy import train_houses
 
 
 def median_seconds(call: Callable[[], object], times: int = 21) -> float:
@@ -78,12 +32,17 @@ def median_seconds(call: Callable[[], object], times: int = 21) -> float:
 def test_real_server_serves_a_trained_model_and_refuses_a_tampered_one(tmp_path: Path) -> None:
     good = tmp_path / "models" / "1"
     state = State(tmp_path / "state.db")
-    manifest_sha256 = train(good)
+    manifest_sha256 = train_houses(good)
     state.deploy("houses", "1", str(good), manifest_sha256, reason="first model")
-    slot = ModelSlot(lambda: state.current_deployment("houses"))
-    app = build_app(ServingConfig(reload_interval_s=0.05), SingleVariantRouter(slot))
+    config = ServingConfig(reload_interval_s=0.05)
+    runtime = Runtime(config)
+    slot = ModelSlot(lambda: state.current_deployment("houses"), runtime.loader())
+    app = build_app(config, SingleVariantRouter(slot), runtime)
 
-    with BackgroundServer(app, "127.0.0.1", 0) as server, httpx.Client(base_url=server.url) as http:
+    with (
+        BackgroundServer(app, "127.0.0.1", 0) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
         assert server.port != 0 and server.url.startswith("http://127.0.0.1:")
         ping = http.get("/ping")
         assert ping.status_code == 200

@@ -17,7 +17,7 @@ from tidal.config import ServingConfig
 from tidal.errors import ConfigError, ModelLoadError
 from tidal.serving.auth import check, hash_key, new_key
 from tidal.serving.gateway import build_app
-from tidal.serving.slot import ModelSlot, SingleVariantRouter
+from tidal.serving.slot import InlineBackend, ModelSlot, SingleVariantRouter
 from tidal.state import Deployment
 from tidal.training.recipes.base import Predictor
 
@@ -70,12 +70,16 @@ def deployment(id: int, version: str, model_dir: str = "/models/m") -> Deploymen
 
 def fake_loader(
     threshold_by_dir: dict[str, float] | None = None,
-) -> Callable[[Path, str], Predictor]:
-    def load(folder: Path, sha256: str) -> Predictor:
+) -> Callable[[Deployment], InlineBackend]:
+    """The fake worker: a Threshold model called in process."""
+
+    def load(target: Deployment) -> InlineBackend:
+        folder = Path(target.model_dir)
         if folder.name == "broken":
             raise ModelLoadError(f"model file {folder}/model.skops has sha256 1234…, refusing")
         manifest = Manifest("fake", "tabular", FEATURES, ["big", "small"], "label")
-        return Threshold(folder, manifest, (threshold_by_dir or {}).get(folder.name, 0.0))
+        threshold = (threshold_by_dir or {}).get(folder.name, 0.0)
+        return InlineBackend(Threshold(folder, manifest, threshold))
 
     return load
 
@@ -398,9 +402,9 @@ def test_a_failing_load_keeps_the_old_model(caplog: pytest.LogCaptureFixture) ->
     source = Source(deployment(1, "3"))
     loads: list[str] = []
 
-    def counting(folder: Path, sha256: str) -> Predictor:
-        loads.append(folder.name)
-        return fake_loader()(folder, sha256)
+    def counting(target: Deployment) -> InlineBackend:
+        loads.append(Path(target.model_dir).name)
+        return fake_loader()(target)
 
     slot = ModelSlot(source, counting)
     assert slot.refresh() is True

@@ -1,39 +1,48 @@
-"""The endpoint's HTTP face: SageMaker's container contract, a simple JSON route, admin routes.
+"""The endpoint's HTTP face: SageMaker's container contract, Open Inference Protocol v2, a simple
+JSON route, metrics and admin routes, all on one port.
 
-    GET  /ping            200 {"status": "ready", "model_version": "3"} once a model is loaded,
-                          503 before (SageMaker sends traffic only on 200)
+    GET  /ping            200 {"status": "ready", "model_version": "3"} once a model is
+                          deployed (its workers may be at zero: a request starts one), 503 before
     POST /invocations     body application/json | text/csv | application/jsonlines (also
                           application/x-jsonlines); answer by Accept: application/json (default,
                           also for */*), text/csv (one label per line), application/jsonlines
     POST /predict         the curl route: a JSON body whatever the Content-Type says (CSV and
                           JSON Lines when it says so), always a JSON answer
+    /v2/...               Open Inference Protocol v2 (KServe, Triton): see ``tidal.serving.v2``
     GET  /model           the served version, its features, labels and deployment time
+    GET  /metrics         Prometheus text: requests, errors, latency, cold starts, workers,
+                          batch sizes, captured and dropped records
+    GET  /openapi.json    the OpenAPI document of these routes, with the model's features
     POST /admin/reload    follow the deployment record now; always needs an API key
+    GET  /admin/workers   each variant's workers (pids, busy, idle), queue and cold starts; key
 
 A prediction answer is ``{"predictions": [{"label", "score", "probabilities"}], "model_version",
 "inference_id"}``; the same id is in the ``X-Inference-Id`` header of every answer of a
 prediction route, errors included. Every error is JSON, ``{"error": {"code", "message"}}``, with
 an ``id`` for a 500 whose traceback is in the log under that id: 400 unreadable body, 401/403
 keys, 404/405, 406 Accept, 413 too large, 415 Content-Type, 422 rows that do not fit the model,
-503 no model yet, 500 the model raised (the endpoint stays up).
+429 over ``max_concurrency`` (with Retry-After), 503 no model yet or a model that cannot start,
+500 the model raised (its worker stays up).
 
-The model is called inline: this issue serves fast scikit-learn models in process. The router
-(``tidal.serving.slot``) is the seam where worker processes and several variants plug in later.
+The gateway never runs a model: rows go to the variant's backend (``tidal.serving.pool``, worker
+processes). The router (``tidal.serving.slot``) picks the variant of each request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -45,9 +54,14 @@ from starlette.routing import Route
 from tidal.artifact import Feature
 from tidal.config import ServingConfig
 from tidal.errors import ConfigError, InvalidInput
-from tidal.serving import auth
+from tidal.serving import auth, oip
 from tidal.serving.inputs import MalformedPayload, Row, decode_csv, decode_json, decode_jsonlines
+from tidal.serving.pool import ModelRaised, WorkerFailed
 from tidal.serving.slot import Loaded, Router
+from tidal.serving.v2 import v2_routes
+
+if TYPE_CHECKING:
+    from tidal.serving.runtime import Runtime
 
 try:  # orjson is optional; the standard library is the fallback
     import orjson
@@ -82,6 +96,7 @@ ANSWERS = {
 MEDIA = {"json": "application/json", "csv": "text/csv", "jsonlines": "application/jsonlines"}
 ALLOWED_BODIES = "application/json, text/csv, application/jsonlines"
 ALLOWED_ANSWERS = "application/json, text/csv, application/jsonlines"
+GRACE_S = 5.0
 INFERENCE_HEADER = "X-Inference-Id"
 VERSION_HEADER = "X-Model-Version"
 
@@ -106,11 +121,19 @@ class Problem(Exception):
         self.headers = dict(headers or {})
 
 
-def _error_response(problem: Problem, inference_id: str | None = None) -> Response:
-    error: dict[str, str] = {"code": problem.code, "message": problem.message}
-    if problem.error_id:
-        error["id"] = problem.error_id
-    body: dict[str, Any] = {"error": error}
+def _error_response(
+    problem: Problem, inference_id: str | None = None, *, v2: bool = False
+) -> Response:
+    """The JSON error answer; on /v2 routes in the protocol's form (``error`` a string, which
+    Triton's client expects), with Tidal's ``code`` and ``id`` beside it."""
+    body: dict[str, Any]
+    if v2:
+        body = oip.error_body(problem.message, code=problem.code, error_id=problem.error_id)
+    else:
+        error: dict[str, str] = {"code": problem.code, "message": problem.message}
+        if problem.error_id:
+            error["id"] = problem.error_id
+        body = {"error": error}
     headers = dict(problem.headers)
     if inference_id:
         body["inference_id"] = inference_id
@@ -145,12 +168,14 @@ def _guarded(handler: Handler) -> Handler:
 
     @wraps(handler)
     async def run(request: Request) -> Response:
+        v2 = _is_v2(request)
         try:
             return await handler(request)
         except Problem as problem:
-            return _error_response(problem)
+            return _error_response(problem, v2=v2)
         except Exception:
-            return _error_response(_internal(f"{request.method} {request.url.path} failed"))
+            failed = _internal(f"{request.method} {request.url.path} failed")
+            return _error_response(failed, v2=v2)
 
     return run
 
@@ -158,10 +183,16 @@ def _guarded(handler: Handler) -> Handler:
 class Gateway:
     """The route handlers, over one config and one router."""
 
-    def __init__(self, config: ServingConfig, router: Router) -> None:
+    def __init__(
+        self, config: ServingConfig, router: Router, runtime: Runtime | None = None
+    ) -> None:
         self.config = config
         self.router = router
+        self.runtime = runtime
+        self.metrics = runtime.metrics if runtime else None
+        self.capture = runtime.capture if runtime else None
         self.max_bytes = int(config.max_payload_mb * 1024 * 1024)
+        self.in_flight = 0
 
     # -- the SageMaker contract and the simple route ------------------------------------------
 
@@ -179,46 +210,148 @@ class Gateway:
         return await self._predict(request, sagemaker=False)
 
     async def _predict(self, request: Request, *, sagemaker: bool) -> Response:
+        headers = request.headers
+        if sagemaker:
+            content_type, accept = headers.get("content-type"), headers.get("accept")
+
+            def parse(body: bytes, loaded: Loaded) -> tuple[list[Row], str]:
+                decode = self._decoder(content_type)
+                answer = _answer_format(accept)
+                return decode(body, loaded.backend.manifest.features), answer
+
+        else:  # curl -d sends form-urlencoded: read JSON unless another known type is named
+            decode = DECODERS.get(_media(headers.get("content-type")), decode_json)
+
+            def parse(body: bytes, loaded: Loaded) -> tuple[list[Row], str]:
+                return decode(body, loaded.backend.manifest.features), "json"
+
+        def render(
+            predictions: list[dict[str, Any]], loaded: Loaded, inference_id: str, answer: str
+        ) -> tuple[bytes, str]:
+            version = loaded.deployment.version
+            try:
+                return _encode(answer, predictions, version, inference_id), MEDIA[answer]
+            except Exception as exc:
+                raise _internal(f"the model's answer could not be encoded as {answer}") from exc
+
+        return await self.serve_rows(
+            request, "invocations" if sagemaker else "predict", parse, render
+        )
+
+    async def serve_rows(
+        self,
+        request: Request,
+        route: str,
+        parse: Callable[[bytes, Loaded], tuple[list[Row], Any]],
+        render: Callable[[list[dict[str, Any]], Loaded, str, Any], tuple[bytes, str]],
+        loaded_for: Callable[[Request], Loaded] | None = None,
+    ) -> Response:
+        """The path every prediction route shares: concurrency limit, key, body, the variant's
+        backend, metrics and capture; ``parse`` and ``render`` are the protocol's own."""
         inference_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        labels = ("", "", "")
+        if self.in_flight >= self.config.max_concurrency:
+            return self._overloaded(request, inference_id, route)
+        self.in_flight += 1
         try:
             if self.config.require_key_for_predict:
                 self._authorize(request)
-            headers = request.headers
-            if sagemaker:
-                decode = self._decoder(headers.get("content-type"))
-                answer = _answer_format(headers.get("accept"))
-            else:  # curl -d sends form-urlencoded: read JSON unless another known type is named
-                decode = DECODERS.get(_media(headers.get("content-type")), decode_json)
-                answer = "json"
+            loaded = (loaded_for or self._loaded)(request)
             body = await self._body(request)
-            loaded = self._loaded(request)
-            rows = decode(body, loaded.predictor.manifest.features)
-            predictions = _call_model(loaded, rows, inference_id)
-            version = loaded.deployment.version
-            try:
-                content = _encode(answer, predictions, version, inference_id)
-            except Exception as exc:
-                raise _internal(f"the model's answer could not be encoded as {answer}") from exc
-        except Problem as problem:
-            return _error_response(problem, inference_id)
-        except ClientDisconnect:  # the client left mid-body: nobody reads the answer
-            return Response(status_code=400, headers={INFERENCE_HEADER: inference_id})
-        except MalformedPayload as exc:
-            return _error_response(Problem(400, exc.code, str(exc)), inference_id)
-        except InvalidInput as exc:
-            return _error_response(Problem(422, exc.code, str(exc)), inference_id)
-        except Exception:
-            return _error_response(_internal(f"{request.url.path} failed"), inference_id)
+            deployment = loaded.deployment
+            labels = (deployment.model, deployment.version, loaded.variant)
+            rows, context = parse(body, loaded)
+            predictions = await self._call(loaded, rows, inference_id)
+            content, media = render(predictions, loaded, inference_id, context)
+        except Exception as exc:
+            response = self._failure(exc, request, inference_id)
+            self._observe(labels, route, response.status_code, started)
+            return response
+        finally:
+            self.in_flight -= 1
+        seconds = self._observe(labels, route, 200, started)
+        if self.capture is not None:
+            self.capture.offer(*labels, inference_id, seconds * 1000, rows, predictions)
         return Response(
             content,
             200,
-            {INFERENCE_HEADER: inference_id, VERSION_HEADER: version},
-            MEDIA[answer],
+            {INFERENCE_HEADER: inference_id, VERSION_HEADER: deployment.version},
+            media,
         )
+
+    def _observe(
+        self, labels: tuple[str, str, str], route: str, status: int, started: float
+    ) -> float:
+        seconds = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.request(*labels, route, status, seconds)
+        return seconds
+
+    def _overloaded(self, request: Request, inference_id: str, route: str) -> Response:
+        if self.metrics is not None:
+            self.metrics.rejected("max_concurrency")
+            self.metrics.request("", "", "", route, 429, 0.0)
+        return _error_response(
+            Problem(
+                429,
+                "too_many_requests",
+                f"the endpoint is answering serving.max_concurrency = "
+                f"{self.config.max_concurrency} requests already; retry after the "
+                "Retry-After header's seconds",
+                headers={"Retry-After": "1"},
+            ),
+            inference_id,
+            v2=_is_v2(request),
+        )
+
+    def _failure(self, exc: Exception, request: Request, inference_id: str) -> Response:
+        """The error answer for anything a prediction route raised."""
+        if isinstance(exc, ClientDisconnect):  # the client left mid-body: nobody reads it
+            return Response(status_code=400, headers={INFERENCE_HEADER: inference_id})
+        if isinstance(exc, Problem):
+            problem = exc
+        elif isinstance(exc, MalformedPayload):
+            problem = Problem(400, exc.code, str(exc))
+        elif isinstance(exc, InvalidInput):
+            problem = Problem(422, exc.code, str(exc))
+        elif isinstance(exc, WorkerFailed):
+            headers = {"Retry-After": "1"} if exc.status == 503 else None
+            problem = Problem(exc.status, exc.code, str(exc), headers=headers)
+        else:
+            try:
+                raise exc
+            except Exception:
+                problem = _internal(f"{request.url.path} failed")
+        return _error_response(problem, inference_id, v2=_is_v2(request))
+
+    async def _call(
+        self, loaded: Loaded, rows: list[Row], inference_id: str
+    ) -> list[dict[str, Any]]:
+        try:
+            return await loaded.backend.predict(rows)
+        except ModelRaised as exc:
+            error_id = _new_error_id()
+            log.error(
+                "model %s version %s raised on %d rows (error id %s, inference id %s):\n%s",
+                loaded.deployment.model,
+                loaded.deployment.version,
+                len(rows),
+                error_id,
+                inference_id,
+                exc.trace.rstrip(),
+            )
+            raise Problem(
+                500,
+                "prediction_failed",
+                f"the model raised {exc.type_name} on this request; the endpoint's log has "
+                f"the details under error id {error_id}",
+                error_id=error_id,
+            ) from exc
 
     async def model(self, request: Request) -> Response:
         loaded = self._loaded(request)
-        deployment, manifest = loaded.deployment, loaded.predictor.manifest
+        deployment, manifest = loaded.deployment, loaded.backend.manifest
         return _json(
             {
                 "model": deployment.model,
@@ -233,7 +366,31 @@ class Gateway:
             }
         )
 
+    async def metrics_text(self, request: Request) -> Response:
+        if self.metrics is None:
+            return Response(b"", 200, media_type="text/plain; version=0.0.4")
+        self.metrics.in_flight(self.in_flight)
+        return Response(self.metrics.render(), 200, media_type="text/plain; version=0.0.4")
+
+    async def openapi(self, request: Request) -> Response:
+        from tidal.serving.openapi import openapi_schema
+
+        loaded = self.router.pick(request.headers).loaded
+        manifest = loaded.backend.manifest if loaded else None
+        return _json(openapi_schema(manifest, version=_tidal_version()))
+
     # -- admin --------------------------------------------------------------------------------
+
+    async def workers(self, request: Request) -> Response:
+        self._authorize(request)
+        variants = []
+        for slot in self.router.slots():
+            loaded = slot.loaded
+            if loaded is None:
+                continue
+            variants.append({"model": loaded.deployment.model, **loaded.backend.status()})
+        launcher = self.runtime.launcher.pid if self.runtime else None
+        return _json({"launcher_pid": launcher, "in_flight": self.in_flight, "variants": variants})
 
     async def reload(self, request: Request) -> Response:
         self._authorize(request)
@@ -341,42 +498,6 @@ def _answer_format(accept: str | None) -> str:
     )
 
 
-def _call_model(loaded: Loaded, rows: list[Row], inference_id: str) -> list[dict[str, Any]]:
-    try:
-        predictions = loaded.predictor.predict(rows)
-    except InvalidInput:
-        raise
-    except Exception as exc:
-        error_id = _new_error_id()
-        log.exception(
-            "model %s version %s raised on %d rows (error id %s, inference id %s)",
-            loaded.deployment.model,
-            loaded.deployment.version,
-            len(rows),
-            error_id,
-            inference_id,
-        )
-        raise Problem(
-            500,
-            "prediction_failed",
-            f"the model raised {type(exc).__name__} on this request; the endpoint's log has "
-            f"the details under error id {error_id}",
-            error_id=error_id,
-        ) from exc
-    if not isinstance(predictions, list) or len(predictions) != len(rows):
-        count = len(predictions) if isinstance(predictions, list) else type(predictions).__name__
-        raise _bad_answer(f"the model returned {count} predictions for {len(rows)} rows")
-    return predictions
-
-
-def _bad_answer(message: str) -> Problem:
-    error_id = _new_error_id()
-    log.error("%s (error id %s)", message, error_id)
-    return Problem(
-        500, "prediction_failed", f"{message}; see error id {error_id}", error_id=error_id
-    )
-
-
 def _encode(
     answer: str, predictions: list[dict[str, Any]], version: str, inference_id: str
 ) -> bytes:
@@ -393,19 +514,28 @@ def _encode(
     return out.getvalue().encode("utf-8")
 
 
+def _is_v2(request: Request) -> bool:
+    path: str = request.url.path
+    return path == "/v2" or path.startswith("/v2/")
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    v2 = _is_v2(request)
     if exc.status_code == 404:
         message = (
             f"no route {request.url.path}; the endpoint serves GET /ping, POST /invocations, "
-            "POST /predict, GET /model, POST /admin/reload"
+            "POST /predict, /v2/... (Open Inference Protocol), GET /model, GET /metrics, "
+            "GET /openapi.json, POST /admin/reload, GET /admin/workers"
         )
-        return _error_response(Problem(404, "not_found", message))
+        return _error_response(Problem(404, "not_found", message), v2=v2)
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
         message = f"{request.method} is not allowed on {request.url.path}; use {allowed}"
-        return _error_response(Problem(405, "method_not_allowed", message, headers=exc.headers))
-    return _error_response(Problem(exc.status_code, "http_error", exc.detail, headers=exc.headers))
+        problem = Problem(405, "method_not_allowed", message, headers=exc.headers)
+        return _error_response(problem, v2=v2)
+    problem = Problem(exc.status_code, "http_error", exc.detail, headers=exc.headers)
+    return _error_response(problem, v2=v2)
 
 
 class _Refresher:
@@ -434,39 +564,69 @@ class _Refresher:
                 log.exception("refreshing the served model failed; trying again")
 
 
-def build_app(config: ServingConfig, router: Router, *, refresher: bool = True) -> Starlette:
-    """The endpoint's ASGI app. With ``refresher`` it loads the current model at startup and
-    follows the deployment record every ``config.reload_interval_s`` until shutdown."""
+def build_app(
+    config: ServingConfig,
+    router: Router,
+    runtime: Runtime | None = None,
+    *,
+    refresher: bool = True,
+) -> Starlette:
+    """The endpoint's ASGI app. ``runtime`` (the worker launcher, metrics, capture) starts and
+    stops with it. With ``refresher`` it loads the current model at startup and follows the
+    deployment record every ``config.reload_interval_s`` until shutdown."""
     if config.require_key_for_predict and not config.api_keys:
         raise ConfigError(
             "serving.require_key_for_predict is true but serving.api_keys is empty, "
             "so no request could be answered",
             hint="create a key with 'tidal keys create' and add its hash to serving.api_keys",
         )
-    gateway = Gateway(config, router)
+    gateway = Gateway(config, router, runtime)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if not refresher:
-            yield
-            return
-        router.refresh_all()
-        thread = _Refresher(router, config.reload_interval_s)
-        thread.start()
+        if runtime is not None:
+            runtime.start(asyncio.get_running_loop())
+        thread = None
         try:
+            if refresher:
+                await asyncio.to_thread(router.refresh_all)
+                thread = _Refresher(router, config.reload_interval_s)
+                thread.start()
             yield
         finally:
-            thread.stop()
+            if thread is not None:
+                thread.stop()
+            for slot in router.slots():
+                backend = slot.backend
+                close = getattr(backend, "close", None)
+                if close is not None:
+                    await close(grace_s=GRACE_S)
+            if runtime is not None:
+                await asyncio.to_thread(runtime.stop)
 
+    guarded = _guarded
     routes = [
-        Route("/ping", _guarded(gateway.ping), methods=["GET"]),
+        Route("/ping", guarded(gateway.ping), methods=["GET"]),
         Route("/invocations", gateway.invocations, methods=["POST"]),
         Route("/predict", gateway.predict, methods=["POST"]),
-        Route("/model", _guarded(gateway.model), methods=["GET"]),
-        Route("/admin/reload", _guarded(gateway.reload), methods=["POST"]),
+        Route("/model", guarded(gateway.model), methods=["GET"]),
+        Route("/metrics", guarded(gateway.metrics_text), methods=["GET"]),
+        Route("/openapi.json", guarded(gateway.openapi), methods=["GET"]),
+        *v2_routes(gateway, guarded),
+        Route("/admin/reload", guarded(gateway.reload), methods=["POST"]),
+        Route("/admin/workers", guarded(gateway.workers), methods=["GET"]),
     ]
     return Starlette(
         routes=routes,
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
     )
+
+
+def _tidal_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tidal")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0"

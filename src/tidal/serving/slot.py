@@ -1,9 +1,12 @@
 """The model an endpoint serves, following the deployment record, and the router that picks one.
 
-``ModelSlot`` holds one loaded predictor and the deployment it came from. ``refresh()`` asks
-its ``source`` for the current deployment; when the deployment id changed it loads the new
-model first and then swaps one reference, so a request sees the old model or the new one,
-never half of either. When the source fails or the new model does not load (a file missing, a
+``ModelSlot`` holds one backend (the worker pool of ``tidal.serving.pool``, or an in-process
+``InlineBackend``) and the deployment it came from. ``refresh()`` asks its ``source`` for the
+current deployment; when the deployment id changed it checks the new artifact and builds its
+backend first, warms it when the old one had workers running (so live traffic never waits for
+a cold start), and then swaps one reference, so a request sees the old model or the new one,
+never half of either. The old backend is retired: its in-flight requests finish, its workers
+exit. When the source fails or the new model does not load (a file missing, a
 sha256 that does not match), the slot keeps serving what it had, remembers the error in
 ``last_error`` and logs it; a deployment that failed is tried again after a growing pause (1 s
 doubling to 60 s), or at once on ``refresh(force=True)``.
@@ -22,18 +25,68 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-from tidal.artifact import load_predictor
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from tidal.artifact import Manifest
     from tidal.state import Deployment
     from tidal.training.recipes.base import Predictor
 
 log = logging.getLogger("tidal.serving")
 
-Loader = Callable[[Path, str], "Predictor"]
+
+class Backend(Protocol):
+    """What answers a slot's requests: a worker pool, or a predictor in process (tests)."""
+
+    manifest: Manifest
+
+    async def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Predictions for ``rows``; raises InvalidInput, ``pool.ModelRaised``, ``WorkerFailed``."""
+        ...
+
+    @property
+    def has_workers(self) -> bool: ...
+
+    def warm_blocking(self, timeout_s: float | None = None) -> None: ...
+
+    def retire(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class InlineBackend:
+    """A predictor called in the gateway's own thread: for tests of routing, errors and auth."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.manifest = predictor.manifest
+        self.retired = False
+
+    async def predict(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from tidal.serving.launcher import run_batch
+        from tidal.serving.pool import worker_error
+
+        (result,) = run_batch(self.predictor, rows, [len(rows)])
+        if "e" in result:
+            raise worker_error(result["e"])
+        predictions: list[dict[str, Any]] = result["p"]
+        return predictions
+
+    @property
+    def has_workers(self) -> bool:
+        return False
+
+    def warm_blocking(self, timeout_s: float | None = None) -> None:
+        return None
+
+    def retire(self) -> None:
+        self.retired = True
+
+    def status(self) -> dict[str, Any]:
+        return {"inline": True}
+
+
+Loader = Callable[["Deployment"], Backend]
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 
@@ -43,7 +96,8 @@ class Loaded:
     """A deployment and the predictor loaded from it: read together, swapped together."""
 
     deployment: Deployment
-    predictor: Predictor
+    backend: Backend
+    variant: str = "primary"
 
 
 class ModelSlot:
@@ -52,9 +106,9 @@ class ModelSlot:
     def __init__(
         self,
         source: Callable[[], Deployment | None],
-        loader: Loader = load_predictor,
+        loader: Loader,
         *,
-        name: str = "default",
+        name: str = "primary",
     ) -> None:
         self.name = name
         self._source = source
@@ -71,9 +125,9 @@ class ModelSlot:
         return self._loaded
 
     @property
-    def predictor(self) -> Predictor | None:
+    def backend(self) -> Backend | None:
         loaded = self._loaded
-        return loaded.predictor if loaded else None
+        return loaded.backend if loaded else None
 
     @property
     def deployment(self) -> Deployment | None:
@@ -104,7 +158,13 @@ class ModelSlot:
             if target.id == self._failed_id and not force and time.monotonic() < self._retry_at:
                 return False
             try:
-                predictor = self._loader(Path(target.model_dir), target.manifest_sha256)
+                backend = self._loader(target)
+                if current is not None and current.backend.has_workers:
+                    try:
+                        backend.warm_blocking()  # blue/green: the new one is up before it serves
+                    except BaseException:
+                        backend.retire()
+                        raise
             except Exception as exc:
                 log.debug("loading deployment %s failed", target.id, exc_info=True)
                 self._fail(
@@ -113,7 +173,9 @@ class ModelSlot:
                     f"was not loaded: {exc}",
                 )
                 return False
-            self._loaded = Loaded(target, predictor)
+            self._loaded = Loaded(target, backend, self.name)
+            if current is not None:
+                current.backend.retire()
             self._last_error = None
             self._failed_id = None
             self._retry_s = RETRY_FIRST_S

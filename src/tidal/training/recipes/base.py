@@ -74,6 +74,10 @@ class Recipe(ABC):
 
 
 class Predictor(ABC):
+    # modules the serving launcher imports once, before it forks workers, so that a cold start
+    # pays for loading the model and not for importing its libraries
+    preload: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, folder: Path, manifest: Manifest) -> None:
         self.folder = folder
         self.manifest = manifest

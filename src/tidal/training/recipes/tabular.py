@@ -154,6 +154,15 @@ class TabularRecipe(Recipe):
 
 
 class TabularPredictor(Predictor):
+    preload = (
+        "skops.io",
+        "sklearn.ensemble",
+        "sklearn.linear_model",
+        "sklearn.pipeline",
+        "sklearn.preprocessing",
+        "threadpoolctl",
+    )
+
     def setup(self) -> None:
         import skops.io as sio
 

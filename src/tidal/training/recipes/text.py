@@ -438,6 +438,16 @@ class TextPredictor(Predictor):
     """Tokenizer and classifier from a model folder (safetensors only), batched, no gradients."""
 
     batch_size: ClassVar[int] = 32
+    preload = (
+        "torch",
+        "transformers",
+        "transformers.models.auto.modeling_auto",
+        "transformers.models.auto.tokenization_auto",
+        "transformers.models.bert.modeling_bert",
+        "transformers.models.bert.tokenization_bert",
+        "safetensors.torch",
+        "tokenizers",
+    )
 
     def setup(self) -> None:
         import torch

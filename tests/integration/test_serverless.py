@@ -1,0 +1,258 @@
+"""The serverless endpoint with real worker processes: scale to zero, cold start, crashes,
+memory limits, errors and metrics. The model is a ``python``-flavor folder whose inference.py
+misbehaves on chosen inputs, so each failure can be caused on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tidal.artifact import Feature, Manifest, write_manifest
+from tidal.config import ServingConfig
+from tidal.serving.auth import new_key
+from tidal.serving.gateway import build_app
+from tidal.serving.runtime import Runtime
+from tidal.serving.server import BackgroundServer
+from tidal.serving.slot import ModelSlot, SingleVariantRouter
+from tidal.state import State
+
+KEY, KEY_HASH = new_key()
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+INFERENCE = """
+import os
+import time
+
+
+def model_fn(model_dir):
+    ballast = os.environ.get("TIDAL_TEST_BALLAST_MB")
+    return bytearray(int(ballast) * 1024 * 1024) if ballast else None
+
+
+def predict_fn(rows, model):
+    out = []
+    for row in rows:
+        x = row["x"]
+        if x == 13:
+            raise RuntimeError("unlucky input")
+        if x == 7:
+            time.sleep(1.0)  # slow: in flight long enough to be killed
+        if x == 500:
+            model = bytearray(500 * 1024 * 1024)  # grows past serving.memory_mb
+            model[::4096] = b"x" * len(model[::4096])
+            time.sleep(3)
+        out.append("big" if x > 0 else "small")
+    return out
+"""
+
+
+def write_model(folder: Path) -> str:
+    folder.mkdir(parents=True)
+    (folder / "inference.py").write_text(textwrap.dedent(INFERENCE))
+    manifest = Manifest("python", "tabular", [Feature("x", "number")], ["big", "small"], "label")
+    return write_manifest(folder, manifest)
+
+
+@dataclass
+class Endpoint:
+    url: str
+    http: httpx.Client
+    slot: ModelSlot
+    runtime: Runtime
+
+    def workers(self) -> list[int]:
+        status = self.http.get("/admin/workers", headers=AUTH).json()
+        return [w["pid"] for v in status["variants"] for w in v["workers"]]
+
+    def predict(self, x: float) -> httpx.Response:
+        return self.http.post("/invocations", json={"instances": [{"x": x}]})
+
+    def metric(self, name: str) -> float:
+        total = 0.0
+        for line in self.http.get("/metrics").text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@pytest.fixture
+def endpoint(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Endpoint]:
+    overrides = getattr(request, "param", {})
+    settings = {"reload_interval_s": 0.1, "idle_timeout_s": 1.5, "worker_idle_s": 1.0}
+    config = ServingConfig(**{**settings, **overrides}, api_keys=[KEY_HASH])
+    state = State(tmp_path / "state.db")
+    model = tmp_path / "models" / "1"
+    state.deploy("toy", "1", str(model), write_model(model), reason="test")
+    runtime = Runtime(config, flavors=["python"])
+    slot = ModelSlot(lambda: state.current_deployment("toy"), runtime.loader())
+    app = build_app(config, SingleVariantRouter(slot), runtime)
+    with (
+        BackgroundServer(app, "127.0.0.1", 0) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        yield Endpoint(server.url, http, slot, runtime)
+        launcher = runtime.launcher.pid
+    assert (launcher is not None and not psutil.pid_exists(launcher)) or _zombie(launcher)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def gone(pids: list[int], within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(p) and not _zombie(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_scales_to_zero_and_a_cold_request_is_held_not_refused(endpoint: Endpoint) -> None:
+    assert endpoint.workers() == []  # idle from the start: nothing loaded
+    assert endpoint.http.get("/ping").status_code == 200  # ready: a request will start one
+    started = time.perf_counter()
+    first = endpoint.predict(5)
+    cold = time.perf_counter() - started
+    assert first.status_code == 200, first.text
+    assert first.json()["predictions"][0]["label"] == "big"
+    assert cold < 2.0
+    (pid,) = endpoint.workers()
+    worker = psutil.Process(pid)
+    assert worker.ppid() == endpoint.runtime.launcher.pid  # forked from the launcher
+    assert endpoint.metric("tidal_cold_starts_total") == 1
+
+    # no request for idle_timeout_s (1.5 s): the worker exits and its memory goes with it
+    assert gone([pid], within_s=5), "the idle worker did not exit"
+    assert endpoint.workers() == []
+    assert psutil.Process(endpoint.runtime.launcher.pid).children() == []
+    assert endpoint.metric("tidal_workers") == 0
+
+    again = endpoint.predict(-1)
+    assert again.status_code == 200 and again.json()["predictions"][0]["label"] == "small"
+    assert endpoint.metric("tidal_cold_starts_total") == 2
+
+
+def test_a_model_that_raises_fails_its_request_and_the_worker_stays(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert endpoint.predict(1).status_code == 200
+    (pid,) = endpoint.workers()
+    with caplog.at_level("ERROR", logger="tidal.serving"):
+        bad = endpoint.predict(13)
+    assert bad.status_code == 500
+    error = bad.json()["error"]
+    assert error["code"] == "prediction_failed" and error["id"].startswith("err_")
+    assert "the model raised" in error["message"]
+    # the worker's traceback is in the endpoint's log under the error id
+    assert error["id"] in caplog.text and "unlucky input" in caplog.text
+    assert bad.headers["x-inference-id"] == bad.json()["inference_id"]
+    assert endpoint.workers() == [pid]
+    assert endpoint.predict(2).status_code == 200
+
+
+@pytest.mark.parametrize("endpoint", [{"max_workers": 1}], indirect=True)
+def test_a_killed_worker_s_requests_are_retried_once_on_a_fresh_one(endpoint: Endpoint) -> None:
+    assert endpoint.predict(1).status_code == 200
+    (pid,) = endpoint.workers()
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=endpoint.url, timeout=30) as client:
+            slow = [
+                asyncio.create_task(client.post("/invocations", json={"instances": [{"x": 7}]}))
+                for _ in range(3)
+            ]
+            await asyncio.sleep(0.4)  # the slow batch is at the worker
+            os.kill(pid, signal.SIGKILL)
+            return list(await asyncio.gather(*slow))
+
+    answers = asyncio.run(scenario())
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    assert all(a.json()["predictions"][0]["label"] == "big" for a in answers)
+    (fresh,) = endpoint.workers()
+    assert fresh != pid
+    assert endpoint.metric("tidal_worker_restarts_total") == 1
+    assert endpoint.predict(3).status_code == 200
+
+
+@pytest.mark.parametrize("endpoint", [{"memory_mb": 64}], indirect=True)
+def test_memory_limit_refuses_a_model_that_does_not_fit(
+    endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    os.environ["TIDAL_TEST_BALLAST_MB"] = "200"  # read by model_fn in the forked worker
+    try:
+        endpoint.runtime.launcher.stop()  # the launcher forks with its own environment
+        answer = endpoint.predict(1)
+    finally:
+        del os.environ["TIDAL_TEST_BALLAST_MB"]
+    assert answer.status_code == 503
+    message = answer.json()["error"]["message"]
+    assert "serving.memory_mb = 64 MB" in message, message
+    assert answer.headers["retry-after"] == "1"
+    assert endpoint.workers() == []
+
+
+@pytest.mark.parametrize("endpoint", [{"memory_mb": 300}], indirect=True)
+def test_a_worker_growing_past_its_memory_is_replaced(endpoint: Endpoint) -> None:
+    assert endpoint.predict(1).status_code == 200
+    (pid,) = endpoint.workers()
+    grown = endpoint.predict(500)  # allocates 500 MB, then is killed and retried once
+    assert grown.status_code == 500 and grown.json()["error"]["code"] == "worker_crashed"
+    assert not psutil.pid_exists(pid) or _zombie(pid)
+    assert endpoint.metric("tidal_worker_restarts_total") == 2
+    assert endpoint.predict(1).status_code == 200
+
+
+@pytest.mark.parametrize("endpoint", [{"max_concurrency": 2, "max_workers": 1}], indirect=True)
+def test_beyond_max_concurrency_requests_get_429_with_retry_after(endpoint: Endpoint) -> None:
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=endpoint.url, timeout=30) as client:
+            slow = [
+                asyncio.create_task(client.post("/invocations", json={"instances": [{"x": 7}]}))
+                for _ in range(2)
+            ]
+            await asyncio.sleep(0.3)
+            extra = await client.post("/invocations", json={"instances": [{"x": 1}]})
+            return [extra, *await asyncio.gather(*slow)]
+
+    extra, *slow = asyncio.run(scenario())
+    assert extra.status_code == 429 and extra.headers["retry-after"] == "1"
+    assert "max_concurrency = 2" in extra.json()["error"]["message"]
+    assert [s.status_code for s in slow] == [200, 200]
+    assert endpoint.metric("tidal_rejected_total") == 1
+
+
+@pytest.mark.parametrize(
+    "endpoint", [{"max_workers": 2, "max_batch_size": 8, "worker_idle_s": 0.5}], indirect=True
+)
+def test_workers_are_added_under_load_and_removed_when_idle(endpoint: Endpoint) -> None:
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=endpoint.url, timeout=30) as client:
+            first = asyncio.create_task(client.post("/invocations", json={"instances": [{"x": 7}]}))
+            await asyncio.sleep(0.3)  # one worker busy for a second: the rest must queue
+            xs = [20 + i for i in range(19)] + [13]  # 13 makes the model raise
+            rest = [client.post("/invocations", json={"instances": [{"x": x}]}) for x in xs]
+            return [await first, *await asyncio.gather(*rest)]
+
+    answers = asyncio.run(scenario())
+    # the raising request fails alone; the requests batched with it are answered
+    assert [a.status_code for a in answers] == [200] * 20 + [500]
+    assert len(endpoint.workers()) == 2  # the queue started a second worker
+    assert endpoint.metric("tidal_batch_size_count") < 21  # some requests shared a batch
+    deadline = time.monotonic() + 5
+    while len(endpoint.workers()) > 1:  # the extra one leaves after worker_idle_s
+        assert time.monotonic() < deadline, "the extra worker never left"
+        time.sleep(0.05)
