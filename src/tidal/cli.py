@@ -541,6 +541,11 @@ def status(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
         out.print("champion  none yet (tidal run FILE)")
     ep = data["endpoint"]
     state = "down" if not ep.get("up") else f"up, serving v{ep.get('model_version')}"
+    if ep.get("up") and "workers" in ep:
+        workers = ep["workers"]
+        state += f", {workers} worker{'s' if workers != 1 else ''}" + (
+            " (scaled to zero)" if not workers else ""
+        )
     out.print(f"endpoint  {ep['url']} ({state})", highlight=False)
     out.print(f"queue     {data['queue'] or 'empty'}", highlight=False)
     for run in data["active_runs"]:

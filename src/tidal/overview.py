@@ -31,6 +31,29 @@ def endpoint_health(url: str, timeout: float = 0.5) -> dict[str, Any]:
         "up": True,
         "ready": response.status_code == 200,
         "model_version": body.get("model_version"),
+        **_worker_metrics(url, timeout),
+    }
+
+
+def _worker_metrics(url: str, timeout: float) -> dict[str, Any]:
+    """Workers running and cold starts so far, from the endpoint's /metrics (no key needed)."""
+    import httpx
+
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=timeout).text
+    except httpx.HTTPError:
+        return {}
+    totals = {"tidal_workers": 0.0, "tidal_cold_starts_total": 0.0}
+    for line in text.splitlines():
+        name = line.partition("{")[0].partition(" ")[0]
+        if name in totals:
+            try:
+                totals[name] += float(line.rsplit(" ", 1)[1])
+            except (ValueError, IndexError):
+                continue
+    return {
+        "workers": int(totals["tidal_workers"]),
+        "cold_starts": int(totals["tidal_cold_starts_total"]),
     }
 
 

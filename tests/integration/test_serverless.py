@@ -9,9 +9,10 @@ import os
 import signal
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -36,7 +37,10 @@ import time
 
 def model_fn(model_dir):
     ballast = os.environ.get("TIDAL_TEST_BALLAST_MB")
-    return bytearray(int(ballast) * 1024 * 1024) if ballast else None
+    return {
+        "gate": os.path.join(model_dir, "..", "release"),
+        "ballast": bytearray(int(ballast) * 1024 * 1024) if ballast else None,
+    }
 
 
 def predict_fn(rows, model):
@@ -45,11 +49,13 @@ def predict_fn(rows, model):
         x = row["x"]
         if x == 13:
             raise RuntimeError("unlucky input")
-        if x == 7:
-            time.sleep(1.0)  # slow: in flight long enough to be killed
+        if x == 7:  # slow: held at the worker until the test releases it (10 s at most)
+            deadline = time.monotonic() + 10
+            while not os.path.exists(model["gate"]) and time.monotonic() < deadline:
+                time.sleep(0.01)
         if x == 500:
-            model = bytearray(500 * 1024 * 1024)  # grows past serving.memory_mb
-            model[::4096] = b"x" * len(model[::4096])
+            grown = bytearray(500 * 1024 * 1024)  # grows past serving.memory_mb
+            grown[::4096] = b"x" * len(grown[::4096])
             time.sleep(3)
         out.append("big" if x > 0 else "small")
     return out
@@ -70,9 +76,28 @@ class Endpoint:
     slot: ModelSlot
     runtime: Runtime
 
+    gate: Path
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.http.get("/admin/workers", headers=AUTH).json()
+        return status
+
     def workers(self) -> list[int]:
-        status = self.http.get("/admin/workers", headers=AUTH).json()
-        return [w["pid"] for v in status["variants"] for w in v["workers"]]
+        return [w["pid"] for v in self.status()["variants"] for w in v["workers"]]
+
+    def wait_until(self, what: str, check: Callable[[dict[str, Any]], bool]) -> None:
+        """Poll /admin/workers until ``check`` holds for the (only) variant's status."""
+        deadline = time.monotonic() + 20
+        while True:
+            status = self.status()
+            if check({**status["variants"][0], "total_in_flight": status["in_flight"]}):
+                return
+            assert time.monotonic() < deadline, f"never {what}: {status}"
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        """Let the slow (x = 7) requests finish."""
+        self.gate.touch()
 
     def predict(self, x: float) -> httpx.Response:
         return self.http.post("/invocations", json={"instances": [{"x": x}]})
@@ -100,7 +125,7 @@ def endpoint(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Endpoin
         BackgroundServer(app, "127.0.0.1", 0) as server,
         httpx.Client(base_url=server.url, timeout=30) as http,
     ):
-        yield Endpoint(server.url, http, slot, runtime)
+        yield Endpoint(server.url, http, slot, runtime, tmp_path / "models" / "release")
         launcher = runtime.launcher.pid
     assert (launcher is not None and not psutil.pid_exists(launcher)) or _zombie(launcher)
 
@@ -175,8 +200,12 @@ def test_a_killed_worker_s_requests_are_retried_once_on_a_fresh_one(endpoint: En
                 asyncio.create_task(client.post("/invocations", json={"instances": [{"x": 7}]}))
                 for _ in range(3)
             ]
-            await asyncio.sleep(0.4)  # the slow batch is at the worker
+            # one slow request at the worker, two queued behind it
+            await asyncio.to_thread(
+                endpoint.wait_until, "busy", lambda v: v["queued"] == 2 and v["in_flight"] == 3
+            )
             os.kill(pid, signal.SIGKILL)
+            endpoint.release()
             return list(await asyncio.gather(*slow))
 
     answers = asyncio.run(scenario())
@@ -224,8 +253,11 @@ def test_beyond_max_concurrency_requests_get_429_with_retry_after(endpoint: Endp
                 asyncio.create_task(client.post("/invocations", json={"instances": [{"x": 7}]}))
                 for _ in range(2)
             ]
-            await asyncio.sleep(0.3)
+            await asyncio.to_thread(
+                endpoint.wait_until, "full", lambda v: v["total_in_flight"] == 2
+            )
             extra = await client.post("/invocations", json={"instances": [{"x": 1}]})
+            endpoint.release()
             return [extra, *await asyncio.gather(*slow)]
 
     extra, *slow = asyncio.run(scenario())
@@ -235,23 +267,48 @@ def test_beyond_max_concurrency_requests_get_429_with_retry_after(endpoint: Endp
     assert endpoint.metric("tidal_rejected_total") == 1
 
 
-@pytest.mark.parametrize(
-    "endpoint", [{"max_workers": 2, "max_batch_size": 8, "worker_idle_s": 0.5}], indirect=True
-)
-def test_workers_are_added_under_load_and_removed_when_idle(endpoint: Endpoint) -> None:
+def slow_then(
+    endpoint: Endpoint, xs: list[float], until: Callable[[dict[str, Any]], bool] | None = None
+) -> list[httpx.Response]:
+    """One slow request held at a worker, then one request per x sent while it is held; all
+    released once ``until`` holds (default: all of them are in flight)."""
+
     async def scenario() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=endpoint.url, timeout=30) as client:
             first = asyncio.create_task(client.post("/invocations", json={"instances": [{"x": 7}]}))
-            await asyncio.sleep(0.3)  # one worker busy for a second: the rest must queue
-            xs = [20 + i for i in range(19)] + [13]  # 13 makes the model raise
-            rest = [client.post("/invocations", json={"instances": [{"x": x}]}) for x in xs]
+            await asyncio.to_thread(endpoint.wait_until, "busy", lambda v: v["in_flight"] == 1)
+            rest = [
+                asyncio.create_task(client.post("/invocations", json={"instances": [{"x": x}]}))
+                for x in xs
+            ]
+            await asyncio.to_thread(
+                endpoint.wait_until,
+                "ready to release",
+                until or (lambda v: v["in_flight"] == len(xs) + 1),
+            )
+            endpoint.release()
             return [await first, *await asyncio.gather(*rest)]
 
-    answers = asyncio.run(scenario())
-    # the raising request fails alone; the requests batched with it are answered
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("endpoint", [{"max_workers": 1, "max_batch_size": 8}], indirect=True)
+def test_queued_requests_share_batches_and_a_bad_one_fails_alone(endpoint: Endpoint) -> None:
+    xs = [20.0 + i for i in range(19)] + [13.0]  # 13 makes the model raise
+    answers = slow_then(endpoint, xs)
     assert [a.status_code for a in answers] == [200] * 20 + [500]
-    assert len(endpoint.workers()) == 2  # the queue started a second worker
-    assert endpoint.metric("tidal_batch_size_count") < 21  # some requests shared a batch
+    assert [a.json()["predictions"][0]["label"] for a in answers[:20]] == ["big"] * 20
+    # the slow request alone, then the 20 queued behind it in batches of at most 8 rows
+    assert endpoint.metric("tidal_batch_size_sum") == 21
+    assert endpoint.metric("tidal_batch_size_count") == 4
+
+
+@pytest.mark.parametrize("endpoint", [{"max_workers": 2, "worker_idle_s": 0.5}], indirect=True)
+def test_workers_are_added_under_load_and_removed_when_idle(endpoint: Endpoint) -> None:
+    # the slow request holds one worker: the requests behind it start a second one
+    answers = slow_then(endpoint, [20.0 + i for i in range(10)], lambda v: len(v["workers"]) == 2)
+    assert all(a.status_code == 200 for a in answers)
+    assert len(endpoint.workers()) == 2
     deadline = time.monotonic() + 5
     while len(endpoint.workers()) > 1:  # the extra one leaves after worker_idle_s
         assert time.monotonic() < deadline, "the extra worker never left"
