@@ -26,7 +26,7 @@ class TidalAPI(ls.LitAPI):
         self.predictor = load_predictor(self.model)
 
     # no annotations on these two: LitServe reads them to type the route's body and answer
-    def decode_request(self, request):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
+    def decode_request(self, request):  # type: ignore[no-untyped-def]
         return request["instances"]
 
     def predict(self, x: Any) -> Any:
@@ -41,7 +41,7 @@ class TidalAPI(ls.LitAPI):
             start += size
         return out
 
-    def encode_response(self, output):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
+    def encode_response(self, output):  # type: ignore[no-untyped-def]
         return {"predictions": output}
 
 

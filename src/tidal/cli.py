@@ -41,8 +41,8 @@ if not out.is_terminal:
     out.width = 160  # pipes and CI logs: keep tables whole instead of 80 columns
 F = TypeVar("F", bound=Callable[..., Any])
 
-JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
-WS_OPT = typer.Option(
+JSON_OPT: Any = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+WS_OPT: Any = typer.Option(
     None, "--workspace", "-w", help="Workspace folder (default: nearest tidal.yaml)."
 )
 
@@ -274,20 +274,34 @@ def ingest(
 
 
 def build_endpoint(ws: Any) -> Any:
-    """The endpoint's app for a workspace: its champion, served by worker processes."""
+    """The endpoint's app for a workspace: its champion, and the candidate of a running
+    rollout, served by worker processes."""
     from tidal.serving.gateway import build_app
     from tidal.serving.runtime import Runtime, deployed_flavors
-    from tidal.serving.slot import ModelSlot, SingleVariantRouter
+    from tidal.serving.slot import ModelSlot
+    from tidal.serving.variants import CANDIDATE, RolloutRouter
 
     current = ws.state.current_deployment(ws.model_name)
     flavors = deployed_flavors([current.model_dir]) if current else []
     if not flavors:  # nothing deployed yet: get ready for what this workspace will train
         flavors = ["transformers" if ws.config.data.task == "text" else "sklearn"]
     runtime = Runtime(ws.config.serving, store=ws.store, flavors=flavors)
-    slot = ModelSlot(
+    primary = ModelSlot(
         source=lambda: ws.state.current_deployment(ws.model_name), loader=runtime.loader()
     )
-    return build_app(ws.config.serving, SingleVariantRouter(slot), runtime)
+
+    def active_rollout() -> dict[str, Any] | None:
+        found = ws.state.rollouts(ws.model_name, active=True)
+        return found[0] if found else None
+
+    router = RolloutRouter(
+        primary,
+        runtime.loader(CANDIDATE),
+        active_rollout,
+        ws.state.add_snapshots,
+        snapshot_every_s=min(1.0, max(0.2, ws.config.serving.reload_interval_s)),
+    )
+    return build_app(ws.config.serving, router, runtime)
 
 
 @app.command()
@@ -316,6 +330,10 @@ def up(
         server.start()
         err.print(f"endpoint on {server.url}", highlight=False)
     err.print(f"watching {ws.store.uri('incoming/')} (Ctrl-C stops)", highlight=False)
+    from tidal.rollout.manager import watch
+
+    rollouts = threading.Thread(target=watch, args=(ws, stop), name="tidal-rollouts", daemon=True)
+    rollouts.start()
     progress = StepProgress(enabled=False)
     try:
         Controller(ws, progress=progress).serve_forever(stop)
@@ -686,3 +704,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+from tidal.cli_rollout import rollout_app  # noqa: E402  (it uses the helpers above)
+
+app.add_typer(rollout_app, name="rollout")

@@ -219,6 +219,70 @@ class ServingConfig(_Section):
     )
 
 
+class RolloutConfig(_Section):
+    strategy: Literal["all_at_once", "canary", "linear", "blue_green", "shadow", "ab"] = Field(
+        "all_at_once",
+        description="How a promoted version reaches traffic: all_at_once, canary, linear, "
+        "blue_green, shadow (mirrored, never answered) or ab (a fixed split, then a readout).",
+    )
+    canary_percent: float = Field(
+        10.0, gt=0, lt=100, description="canary: share of traffic for the first bake."
+    )
+    linear_step_percent: float = Field(
+        20.0, gt=0, le=100, description="linear: traffic added at each step."
+    )
+    bake_s: float = Field(
+        60.0, gt=0, description="Wait interval of each step, with alarms watched throughout."
+    )
+    termination_wait_s: float = Field(
+        300.0, ge=0, description="After the switch, how long the old version stays ready."
+    )
+    max_execution_s: float = Field(
+        3600.0, gt=0, description="A rollout still running after this long is rolled back."
+    )
+    shadow_percent: float = Field(
+        100.0, gt=0, le=100, description="shadow: share of requests mirrored to the candidate."
+    )
+    ab_percent: float = Field(50.0, gt=0, lt=100, description="ab: the candidate's share.")
+    ab_duration_s: float = Field(600.0, gt=0, description="ab: length of the experiment.")
+    sticky_header: str | None = Field(
+        None,
+        description="Route by this request header (e.g. X-User-Id): one value, one variant.",
+    )
+    window_s: float = Field(
+        10.0, gt=0, description="Alarm evaluation window: alarms look at the last window_s."
+    )
+    max_error_rate: float | None = Field(
+        0.05, ge=0, le=1, description="Alarm: candidate error (5xx) rate above this; empty: off."
+    )
+    max_p99_ratio: float | None = Field(
+        2.0, gt=0, description="Alarm: candidate p99 latency over baseline p99 above this."
+    )
+    max_prediction_shift: float | None = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Alarm: total variation distance between candidate and baseline labels.",
+    )
+    min_samples: int = Field(
+        50, ge=1, description="Requests a window needs before an alarm can pass or fire."
+    )
+    no_data: Literal["extend", "inconclusive"] = Field(
+        "extend",
+        description="A bake without min_samples requests is extended (up to max_extensions) "
+        "or ends inconclusive; it never passes.",
+    )
+    max_extensions: int = Field(3, ge=0, description="Bake extensions for lack of data.")
+    on_lost_evidence: Literal["resume", "rollback"] = Field(
+        "resume",
+        description="After a controller restart with no stats for the current bake: restart "
+        "the bake, or roll back.",
+    )
+    allow_no_alarms: bool = Field(
+        False, description="Allow a rollout with every alarm off (refused otherwise)."
+    )
+
+
 class ControllerConfig(_Section):
     poll_interval_s: float = Field(2.0, gt=0, description="How often incoming/ is listed.")
     lease_s: float = Field(
@@ -240,6 +304,7 @@ class Config(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)  # type: ignore[arg-type]
     registry: RegistryConfig = Field(default_factory=RegistryConfig)  # type: ignore[arg-type]
     serving: ServingConfig = Field(default_factory=ServingConfig)  # type: ignore[arg-type]
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)  # type: ignore[arg-type]
     controller: ControllerConfig = Field(default_factory=ControllerConfig)  # type: ignore[arg-type]
 
     @property

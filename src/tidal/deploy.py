@@ -9,14 +9,16 @@ champion and marks the abandoned version so a second rollback goes further back,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tidal.errors import TidalError, UsageError
 from tidal.registry import CHAMPION
 from tidal.state import Deployment
 from tidal.workspace import Workspace
 
 
-def promote(ws: Workspace, version: str, *, reason: str, run_id: int | None = None) -> Deployment:
-    """Make ``version`` the champion: verified local copy, alias, deployment record."""
+def prepare(ws: Workspace, version: str) -> tuple[Path, str]:
+    """The verified local copy of ``version`` the endpoint loads, and its manifest's sha256."""
     from tidal.artifact import verify
 
     info = ws.registry.version(version)
@@ -30,6 +32,12 @@ def promote(ws: Workspace, version: str, *, reason: str, run_id: int | None = No
     if not (target / "tidal-model.json").exists():
         ws.registry.download(info, target)
     verify(target, manifest_sha)
+    return target, manifest_sha
+
+
+def promote(ws: Workspace, version: str, *, reason: str, run_id: int | None = None) -> Deployment:
+    """Make ``version`` the champion: verified local copy, alias, deployment record."""
+    target, manifest_sha = prepare(ws, version)
     ws.registry.set_alias(CHAMPION, version)
     deployment = ws.state.deploy(ws.model_name, version, str(target), manifest_sha, reason, run_id)
     ws.state.event(

@@ -363,6 +363,13 @@ def deploy(ctx: RunContext) -> dict[str, Any]:
         return {"deployed": None}
     from tidal.deploy import promote
 
+    strategy = ws.config.rollout.strategy
+    if strategy != "all_at_once" and ws.state.current_deployment(ws.model_name) is not None:
+        # a champion serves: the new version earns its traffic through the configured rollout
+        from tidal.rollout.manager import Manager
+
+        rollout = Manager(ws).start(reg["version"], run_id=ctx.run.id)
+        return {"deployed": None, "rollout_id": rollout["id"], "strategy": strategy}
     deployment = promote(
         ws, reg["version"], reason=f"promoted by run {ctx.run.id}", run_id=ctx.run.id
     )

@@ -73,6 +73,22 @@ CREATE TABLE IF NOT EXISTS progress(
   data TEXT NOT NULL,
   updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollouts(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  model TEXT NOT NULL,
+  status TEXT NOT NULL,
+  doc TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rollouts_model ON rollouts(model, status);
+CREATE TABLE IF NOT EXISTS variant_stats(
+  rollout_id INTEGER NOT NULL,
+  variant TEXT NOT NULL,
+  t REAL NOT NULL,
+  data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS variant_stats_at ON variant_stats(rollout_id, variant, t);
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   ts REAL NOT NULL,
@@ -83,6 +99,9 @@ CREATE TABLE IF NOT EXISTS events(
   data TEXT
 );
 """
+
+
+ACTIVE_ROLLOUT = ("baking", "paused", "warming")
 
 
 class RunStatus(StrEnum):
@@ -418,6 +437,75 @@ class State:
         rows = self._read("SELECT * FROM deployments WHERE model=? ORDER BY id DESC", (model,))
         return [_deployment(r) for r in rows]
 
+    # -- rollouts -----------------------------------------------------------------------------
+    # A rollout is one JSON document (tidal.rollout.manager.Rollout) with its status beside it
+    # for queries; the endpoint's per-variant counters are appended as snapshots about once a
+    # second, so the evidence of a bake survives a controller restart.
+
+    def create_rollout(self, model: str, status: str, doc: dict[str, Any]) -> int:
+        """Insert a rollout; refused (UsageError) when the model already has an active one."""
+        now = time.time()
+        with self.tx() as db:
+            active = db.execute(
+                "SELECT id FROM rollouts WHERE model=? AND status IN (?, ?, ?)",
+                (model, *ACTIVE_ROLLOUT),
+            ).fetchone()
+            if active is not None:
+                from tidal.errors import UsageError
+
+                raise UsageError(
+                    f"rollout {active['id']} of {model} is still running",
+                    hint="wait for it, or stop it with 'tidal rollout abort'",
+                )
+            cur = db.execute(
+                "INSERT INTO rollouts(model, status, doc, created_at, updated_at)"
+                " VALUES (?,?,?,?,?)",
+                (model, status, json.dumps(doc), now, now),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def save_rollout(self, rollout_id: int, status: str, doc: dict[str, Any]) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE rollouts SET status=?, doc=?, updated_at=? WHERE id=?",
+                (status, json.dumps(doc), time.time(), rollout_id),
+            )
+
+    def rollout(self, rollout_id: int) -> dict[str, Any] | None:
+        rows = self._read("SELECT * FROM rollouts WHERE id=?", (rollout_id,))
+        return _rollout(rows[0]) if rows else None
+
+    def rollouts(
+        self, model: str, *, active: bool = False, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """The model's rollouts, newest first (only the active one with ``active``)."""
+        if active:
+            rows = self._read(
+                "SELECT * FROM rollouts WHERE model=? AND status IN (?, ?, ?) ORDER BY id DESC",
+                (model, *ACTIVE_ROLLOUT),
+            )
+        else:
+            rows = self._read(
+                "SELECT * FROM rollouts WHERE model=? ORDER BY id DESC LIMIT ?", (model, limit)
+            )
+        return [_rollout(r) for r in rows]
+
+    def add_snapshots(self, rollout_id: int, snapshots: dict[str, dict[str, Any]]) -> None:
+        """One snapshot of each variant's cumulative counters (``t`` inside each)."""
+        with self.tx() as db:
+            db.executemany(
+                "INSERT INTO variant_stats(rollout_id, variant, t, data) VALUES (?,?,?,?)",
+                [(rollout_id, v, snap["t"], json.dumps(snap)) for v, snap in snapshots.items()],
+            )
+
+    def snapshots(self, rollout_id: int, variant: str, since: float = 0.0) -> list[dict[str, Any]]:
+        rows = self._read(
+            "SELECT data FROM variant_stats WHERE rollout_id=? AND variant=? AND t>=? ORDER BY t",
+            (rollout_id, variant, since),
+        )
+        return [json.loads(r["data"]) for r in rows]
+
     # -- events -------------------------------------------------------------------------------
 
     def event(
@@ -442,6 +530,11 @@ class State:
 
 def _lease_live(row: sqlite3.Row, now: float) -> bool:
     return bool(row["lease_until"] and row["lease_until"] > now and owner_alive(row["owner"]))
+
+
+def _rollout(row: sqlite3.Row) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(row["doc"])
+    return doc | {"id": row["id"], "model": row["model"], "status": row["status"]}
 
 
 def _deployment(row: sqlite3.Row) -> Deployment:

@@ -193,6 +193,10 @@ class Gateway:
         self.capture = runtime.capture if runtime else None
         self.max_bytes = int(config.max_payload_mb * 1024 * 1024)
         self.in_flight = 0
+        # routers with several variants (tidal.serving.variants) count each and may mirror
+        self._variant_stats = getattr(router, "observe", None)
+        self._shadow_slot = getattr(router, "shadow_slot", None)
+        self._mirrors: set[asyncio.Task[None]] = set()
 
     # -- the SageMaker contract and the simple route ------------------------------------------
 
@@ -266,11 +270,22 @@ class Gateway:
             content, media = render(predictions, loaded, inference_id, context)
         except Exception as exc:
             response = self._failure(exc, request, inference_id)
-            self._observe(labels, route, response.status_code, started)
+            seconds = self._observe(labels, route, response.status_code, started)
+            if self._variant_stats is not None and labels[2]:
+                self._variant_stats(labels[2], response.status_code, seconds, None)
             return response
         finally:
             self.in_flight -= 1
         seconds = self._observe(labels, route, 200, started)
+        if self._variant_stats is not None:
+            self._variant_stats(labels[2], 200, seconds, predictions)
+            mirror = self._shadow_slot(request.headers) if self._shadow_slot else None
+            if mirror is not None and mirror.loaded is not None and mirror.loaded is not loaded:
+                task = asyncio.get_running_loop().create_task(
+                    self._mirror(mirror.loaded, rows, inference_id)
+                )
+                self._mirrors.add(task)
+                task.add_done_callback(self._mirrors.discard)
         if self.capture is not None:
             self.capture.offer(*labels, inference_id, seconds * 1000, rows, predictions)
         return Response(
@@ -279,6 +294,25 @@ class Gateway:
             {INFERENCE_HEADER: inference_id, VERSION_HEADER: deployment.version},
             media,
         )
+
+    async def _mirror(self, loaded: Loaded, rows: list[Row], inference_id: str) -> None:
+        """Shadow traffic: the same rows to the candidate; counted and captured, never answered."""
+        started = time.perf_counter()
+        predictions = None
+        try:
+            predictions = await loaded.backend.predict(rows)
+            status = 200
+        except InvalidInput:
+            status = 422
+        except Exception:
+            status = 500
+        deployment = loaded.deployment
+        labels = (deployment.model, deployment.version, loaded.variant)
+        seconds = self._observe(labels, "shadow", status, started)
+        if self._variant_stats is not None:
+            self._variant_stats(loaded.variant, status, seconds, predictions)
+        if self.capture is not None and predictions is not None:
+            self.capture.offer(*labels, inference_id, seconds * 1000, rows, predictions)
 
     def _observe(
         self, labels: tuple[str, str, str], route: str, status: int, started: float

@@ -188,6 +188,21 @@ class ModelSlot:
         )
         return True
 
+    def clear(self) -> None:
+        """Serve nothing any more (a rollout ended): retire the backend."""
+        with self._refresh_lock:
+            current, self._loaded = self._loaded, None
+            self._failed_id = None
+            self._last_error = None
+        if current is not None:
+            current.backend.retire()
+            log.info(
+                "stopped serving %s version %s (%s)",
+                current.deployment.model,
+                current.deployment.version,
+                self.name,
+            )
+
     def _fail(self, target: Deployment | None, message: str) -> None:
         kept = self._loaded
         still = (

@@ -1,0 +1,189 @@
+"""Rollouts on a real endpoint (uvicorn, worker processes), versions registered in MLflow.
+
+Each version is a ``python``-flavor model whose behaviour is chosen: good, raising on 10% of
+inputs, five times slower. Traffic comes from a client thread at a steady rate; the rollout
+manager is ticked as ``tidal up`` ticks it. What is asserted is what a user relies on: a bad
+candidate is rolled back during its bake and saw no more than its share of requests, a good one
+is promoted after its steps, shadow answers never reach a caller, a killed controller resumes.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tidal.artifact import Feature, Manifest, write_manifest
+from tidal.cli import build_endpoint
+from tidal.config import RolloutConfig
+from tidal.deploy import promote
+from tidal.errors import UsageError
+from tidal.rollout.manager import Manager, watch
+from tidal.serving.server import BackgroundServer
+from tidal.workspace import Workspace
+
+MODEL = """
+import time, zlib
+
+
+def model_fn(model_dir):
+    return None
+
+
+def predict_fn(rows, model):
+    out = []
+    for row in rows:
+        x = row["x"]
+        if BEHAVIOUR == "raises" and zlib.crc32(repr(x).encode()) % 10 == 0:
+            raise RuntimeError("bad candidate")
+        if BEHAVIOUR == "slow":
+            time.sleep(0.02)
+        out.append("big" if x > 0 else "small")
+    return out
+"""
+
+
+def register(ws: Workspace, run_id: int, behaviour: str) -> str:
+    folder = ws.home / "built" / f"{behaviour}-{run_id}"
+    folder.mkdir(parents=True)
+    source = textwrap.dedent(MODEL).replace("BEHAVIOUR", repr(behaviour))
+    (folder / "inference.py").write_text(source)
+    sha = write_manifest(
+        folder, Manifest("python", "tabular", [Feature("x", "number")], ["big", "small"], "y")
+    )
+    info = ws.registry.register(
+        run_id=run_id,
+        model_dir=folder,
+        params={},
+        metrics={},
+        tags={"tidal.manifest_sha256": sha},
+        record={"decision": "promoted"},
+    )
+    return str(info.version)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    home = tmp_path_factory.mktemp("rollouts")
+    (home / "tidal.yaml").write_text("project: toy\nserving:\n  reload_interval_s: 0.1\n")
+    ws = Workspace.open(home)
+    promote(ws, register(ws, 1, "good"), reason="first")
+    return ws
+
+
+@pytest.fixture(scope="module")
+def endpoint(ws: Workspace) -> Iterator[str]:
+    with BackgroundServer(build_endpoint(ws)) as server:
+        yield server.url
+
+
+class Traffic:
+    """A client thread posting one row at ``rate`` per second; counts answers by version."""
+
+    def __init__(self, url: str, rate: float = 100.0) -> None:
+        self.url, self.rate = url, rate
+        self.versions: Counter[str] = Counter()
+        self.statuses: Counter[int] = Counter()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            next_at = time.monotonic()
+            while not self.stop.is_set():
+                n += 1
+                answer = http.post("/invocations", json={"instances": [{"x": n}]})
+                self.statuses[answer.status_code] += 1
+                self.versions[answer.headers.get("x-model-version", "?")] += 1
+                next_at += 1 / self.rate
+                time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def rollout_config(**settings: Any) -> RolloutConfig:
+    defaults = {"bake_s": 4.0, "window_s": 2.0, "min_samples": 20, "canary_percent": 10.0}
+    return RolloutConfig(**{**defaults, **settings})
+
+
+def drive(ws: Workspace, *, limit_s: float = 60) -> dict[str, Any]:
+    stop = threading.Event()
+    timer = threading.Timer(limit_s, stop.set)
+    timer.start()
+    try:
+        ended = watch(ws, stop, interval_s=0.2, until_done=True)
+    finally:
+        timer.cancel()
+    assert ended is not None and ended["status"] not in ("baking", "warming", "paused"), ended
+    return ended
+
+
+def test_a_rollout_without_alarms_is_refused(ws: Workspace) -> None:
+    config = rollout_config(max_error_rate=None, max_p99_ratio=None, max_prediction_shift=None)
+    with pytest.raises(UsageError, match="every alarm off"):
+        Manager(ws).start("1", strategy="canary", config=config)
+    assert Manager(ws).active() is None
+
+
+def test_a_candidate_raising_on_10_percent_is_rolled_back_in_its_canary(
+    ws: Workspace, endpoint: str
+) -> None:
+    bad = register(ws, 2, "raises")
+    with Traffic(endpoint) as traffic:
+        time.sleep(0.5)
+        Manager(ws).start(bad, strategy="canary", config=rollout_config(bake_s=30))
+        ended = drive(ws)
+        time.sleep(0.5)  # the endpoint applies the rollback within a refresh
+        after = traffic.versions.copy()
+        time.sleep(1.0)
+    assert ended["status"] == "rolled_back", ended
+    assert "error rate" in ended["reason"]
+    assert ended["evidence"]["error_rate"]["state"] == "firing"
+    total = sum(traffic.versions.values())
+    saw_bad = traffic.versions[bad]
+    assert 0 < saw_bad <= 0.2 * total, traffic.versions  # the canary share (10%), with slack
+    assert traffic.versions[bad] == after[bad]  # nothing reached it after the rollback
+    assert ws.state.current_deployment(ws.model_name).version == "1"
+    assert any(e["kind"] == "alert" for e in ws.state.events(10))
+
+
+def test_a_candidate_five_times_slower_is_rolled_back(ws: Workspace, endpoint: str) -> None:
+    slow = register(ws, 3, "slow")
+    with Traffic(endpoint, rate=80):
+        time.sleep(1.0)
+        config = rollout_config(bake_s=30, canary_percent=30.0, max_error_rate=None)
+        Manager(ws).start(slow, strategy="canary", config=config)
+        ended = drive(ws)
+    assert ended["status"] == "rolled_back", ended
+    assert "p99" in ended["reason"], ended["reason"]
+    assert ws.state.current_deployment(ws.model_name).version == "1"
+
+
+def test_a_good_candidate_is_promoted_after_its_linear_steps(ws: Workspace, endpoint: str) -> None:
+    good = register(ws, 4, "good")
+    with Traffic(endpoint) as traffic:
+        config = rollout_config(bake_s=2.0, linear_step_percent=50.0)
+        Manager(ws).start(good, strategy="linear", config=config)
+        ended = drive(ws)
+        time.sleep(0.8)
+        before = traffic.versions.copy()
+        time.sleep(1.0)
+    assert ended["status"] == "promoted", ended
+    assert [step["traffic"] for step in ended["steps"]] == [50.0, 100.0]
+    assert len(ended["passed"]) == 2
+    assert ws.state.current_deployment(ws.model_name).version == good
+    assert traffic.versions[good] > before[good]  # after the promotion it answers everything
+    assert traffic.statuses[500] == 0
