@@ -9,11 +9,17 @@ is promoted after its steps, shadow answers never reach a caller, a killed contr
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,7 +50,10 @@ def predict_fn(rows, model):
             raise RuntimeError("bad candidate")
         if BEHAVIOUR == "slow":
             time.sleep(0.02)
-        out.append("big" if x > 0 else "small")
+        big = x > 0
+        if BEHAVIOUR == "flip":
+            big = not big
+        out.append("big" if big else "small")
     return out
 """
 
@@ -83,12 +92,22 @@ def endpoint(ws: Workspace) -> Iterator[str]:
         yield server.url
 
 
+@pytest.fixture(autouse=True)
+def no_rollout_left(ws: Workspace) -> Iterator[None]:
+    """A test that fails mid-rollout does not leave it running for the next one."""
+    yield
+    if Manager(ws).active() is not None:
+        Manager(ws).abort("the test ended")
+
+
 class Traffic:
     """A client thread posting one row at ``rate`` per second; counts answers by version."""
 
-    def __init__(self, url: str, rate: float = 100.0) -> None:
-        self.url, self.rate = url, rate
+    def __init__(self, url: str, rate: float = 100.0, users: int = 0) -> None:
+        self.url, self.rate, self.users = url, rate, users
         self.versions: Counter[str] = Counter()
+        self.labels: Counter[str] = Counter()
+        self.seen: list[tuple[float, str, str]] = []  # (time, user, version)
         self.statuses: Counter[int] = Counter()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -99,9 +118,15 @@ class Traffic:
             next_at = time.monotonic()
             while not self.stop.is_set():
                 n += 1
-                answer = http.post("/invocations", json={"instances": [{"x": n}]})
+                headers = {"X-User-Id": f"user-{n % self.users}"} if self.users else {}
+                answer = http.post("/invocations", json={"instances": [{"x": n}]}, headers=headers)
+                version = answer.headers.get("x-model-version", "?")
                 self.statuses[answer.status_code] += 1
-                self.versions[answer.headers.get("x-model-version", "?")] += 1
+                self.versions[version] += 1
+                if answer.status_code == 200:
+                    self.labels[answer.json()["predictions"][0]["label"]] += 1
+                if headers:
+                    self.seen.append((time.time(), headers["X-User-Id"], version))
                 next_at += 1 / self.rate
                 time.sleep(max(0.0, next_at - time.monotonic()))
 
@@ -115,7 +140,15 @@ class Traffic:
 
 
 def rollout_config(**settings: Any) -> RolloutConfig:
-    defaults = {"bake_s": 4.0, "window_s": 2.0, "min_samples": 20, "canary_percent": 10.0}
+    # each test watches the alarm it is about; p99 needs 100 requests per window, which the
+    # 10% canary of a 100 req/s test gets only in 10 s, so it is on where a test says so
+    defaults = {
+        "bake_s": 4.0,
+        "window_s": 2.0,
+        "min_samples": 20,
+        "canary_percent": 10.0,
+        "max_p99_ratio": None,
+    }
     return RolloutConfig(**{**defaults, **settings})
 
 
@@ -164,7 +197,9 @@ def test_a_candidate_five_times_slower_is_rolled_back(ws: Workspace, endpoint: s
     slow = register(ws, 3, "slow")
     with Traffic(endpoint, rate=80):
         time.sleep(1.0)
-        config = rollout_config(bake_s=30, canary_percent=30.0, max_error_rate=None)
+        config = rollout_config(
+            bake_s=30, canary_percent=30.0, window_s=6.0, max_error_rate=None, max_p99_ratio=2.0
+        )
         Manager(ws).start(slow, strategy="canary", config=config)
         ended = drive(ws)
     assert ended["status"] == "rolled_back", ended
@@ -175,7 +210,7 @@ def test_a_candidate_five_times_slower_is_rolled_back(ws: Workspace, endpoint: s
 def test_a_good_candidate_is_promoted_after_its_linear_steps(ws: Workspace, endpoint: str) -> None:
     good = register(ws, 4, "good")
     with Traffic(endpoint) as traffic:
-        config = rollout_config(bake_s=2.0, linear_step_percent=50.0)
+        config = rollout_config(bake_s=3.0, linear_step_percent=50.0, max_p99_ratio=3.0)
         Manager(ws).start(good, strategy="linear", config=config)
         ended = drive(ws)
         time.sleep(0.8)
@@ -187,3 +222,73 @@ def test_a_good_candidate_is_promoted_after_its_linear_steps(ws: Workspace, endp
     assert ws.state.current_deployment(ws.model_name).version == good
     assert traffic.versions[good] > before[good]  # after the promotion it answers everything
     assert traffic.statuses[500] == 0
+
+
+def test_shadow_answers_never_reach_a_caller_and_are_compared(ws: Workspace, endpoint: str) -> None:
+    flipped = register(ws, 5, "flip")
+    with Traffic(endpoint) as traffic:
+        config = rollout_config(bake_s=30, max_error_rate=None)
+        Manager(ws).start(flipped, strategy="shadow", config=config)
+        ended = drive(ws)
+    # the mirrored candidate answered the opposite label: the shift alarm saw it, callers did not
+    assert ended["status"] == "rolled_back", ended
+    assert "prediction_shift" in ended["evidence"], ended["evidence"]
+    assert set(traffic.versions) == {ws.state.current_deployment(ws.model_name).version}
+    assert traffic.labels["small"] == 0  # every x > 0: "big" from the champion, always
+    mirrored = ws.state.snapshots(ended["id"], "candidate")[-1]
+    assert mirrored["requests"] >= 20 and mirrored["labels"].get("small", 0) >= 20
+
+
+def test_an_ab_test_is_sticky_per_user_and_ends_with_a_readout(
+    ws: Workspace, endpoint: str
+) -> None:
+    current = ws.state.current_deployment(ws.model_name).version
+    other = register(ws, 6, "good")
+    with Traffic(endpoint, users=40) as traffic:
+        # this test is about routing: the latency alarm (noisy at 50 requests) is left out
+        config = rollout_config(ab_duration_s=3.0, sticky_header="X-User-Id")
+        Manager(ws).start(other, strategy="ab", config=config)
+        ended = drive(ws)
+    assert ended["status"] == "completed", ended
+    readout = ended["readout"]
+    assert set(readout["variants"]) == {"baseline", "candidate"}
+    assert readout["variants"]["candidate"]["requests"] > 0 and readout["summary"]
+    # while the test ran (from the switch to the end, with a refresh of slack), each user saw
+    # one version only, and both groups exist
+    switched = next(h["t"] for h in ended["history"] if h["status"] == "baking")
+    by_user: dict[str, set[str]] = {}
+    for t, user, version in traffic.seen:
+        if switched + 0.5 < t < ended["finished_at"] - 0.1:
+            by_user.setdefault(user, set()).add(version)
+    assert by_user and all(len(versions) == 1 for versions in by_user.values()), by_user
+    assert {other} in by_user.values() and {current} in by_user.values()
+    assert ws.state.current_deployment(ws.model_name).version == current  # not promoted
+
+
+def test_a_controller_killed_mid_canary_resumes_after_restart(
+    ws: Workspace, endpoint: str, tmp_path: Path
+) -> None:
+    good = register(ws, 7, "good")
+    manager = Manager(ws)
+    command = [sys.executable, "-m", "tidal", "rollout", "watch", "-w", str(ws.root), "--json"]
+    with Traffic(endpoint):
+        config = rollout_config(bake_s=4.0)
+        manager.start(good, strategy="canary", config=config)
+        log = tmp_path / "watch.log"
+        with open(log, "w") as sink:
+            watcher = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while (manager.active() or {}).get("status") != "baking":
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        os.kill(watcher.pid, signal.SIGKILL)  # the controller dies mid-canary
+        watcher.wait(timeout=10)
+        time.sleep(1.0)
+        held = manager.active()
+        assert held is not None and held["status"] == "baking"
+        assert held["step"] == 0 and held["traffic"] == 10.0  # the canary holds, no controller
+        restarted = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    ended = json.loads(restarted.stdout)
+    assert ended["status"] == "promoted", ended
+    assert ended["id"] == held["id"] and len(ended["passed"]) == 2
+    assert ws.state.current_deployment(ws.model_name).version == good

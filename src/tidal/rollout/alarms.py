@@ -181,6 +181,9 @@ class AlarmState(StrEnum):
     INSUFFICIENT_DATA = "insufficient_data"
 
 
+P99_MIN_SAMPLES = 100
+
+
 @dataclass
 class AlarmConfig:
     """Limits for the candidate; None turns an alarm off."""
@@ -318,7 +321,9 @@ def evaluate(candidate: Window, baseline: Window, config: AlarmConfig) -> list[V
     if config.max_error_rate is not None:
         verdicts.append(_error_rate(candidate, baseline, config.max_error_rate, need))
     if config.max_p99_ratio is not None:
-        verdicts.append(_p99(candidate, baseline, config.max_p99_ratio, config.min_p99_s, need))
+        # a p99 of fewer than 100 requests is the slowest of a handful: noise, not evidence
+        need99 = max(need, P99_MIN_SAMPLES)
+        verdicts.append(_p99(candidate, baseline, config.max_p99_ratio, config.min_p99_s, need99))
     if config.max_prediction_shift is not None:
         verdicts.append(_shift(candidate, baseline, config.max_prediction_shift, need))
     return verdicts

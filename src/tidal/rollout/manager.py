@@ -281,7 +281,7 @@ class Manager:
     ) -> list[alarms.Verdict]:
         cand = alarms.window_from(candidate, now, window_s)
         base = alarms.window_from(primary, now, window_s)
-        if base.requests < config.min_samples and primary:
+        if base.requests < max(config.min_samples, alarms.P99_MIN_SAMPLES) and primary:
             base = alarms.window_from(primary, now, now - primary[0].t)  # all the rollout's
         verdicts = alarms.evaluate(cand, base, config)
         if base.requests < config.min_samples:
@@ -301,11 +301,11 @@ class Manager:
     ) -> dict[str, Any]:
         why = "; ".join(v.message for v in verdicts if v.state == "insufficient_data")
         if rollout["no_data"] == "extend" and rollout["extensions"] < rollout["max_extensions"]:
+            # bake as long again; the evidence from the start of the step still counts
             rollout["extensions"] += 1
-            rollout["step_started_at"] = now - float(rollout["window_s"])
-            rollout["steps"][rollout["step"]]["bake_s"] = float(
-                rollout["steps"][rollout["step"]]["bake_s"]
-            ) + float(rollout["window_s"])
+            step = rollout["steps"][rollout["step"]]
+            step.setdefault("planned_bake_s", step["bake_s"])
+            step["bake_s"] = float(step["bake_s"]) + float(step["planned_bake_s"])
             return self._save(
                 rollout,
                 "baking",
