@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import random
 import sys
+import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tidal.artifact import Feature
+from tidal.artifact import Feature, Manifest, write_manifest
+
+if TYPE_CHECKING:
+    from tidal.workspace import Workspace
 
 LABELS = ["bad", "good"]
 WORDS = ["movie", "plot", "acting", "film", "story", "cast", "music", "ending", "scene"]
@@ -112,3 +117,48 @@ def train_houses(model_dir: Path) -> str:
         label_column="price",
     )
     return write_manifest(model_dir, manifest)
+
+
+TOY_MODEL = """
+import time, zlib
+
+
+def model_fn(model_dir):
+    return None
+
+
+def predict_fn(rows, model):
+    out = []
+    for row in rows:
+        x = row["x"]
+        if BEHAVIOUR == "raises" and zlib.crc32(repr(x).encode()) % 10 == 0:
+            raise RuntimeError("bad candidate")
+        if BEHAVIOUR == "slow":
+            time.sleep(0.02)
+        big = x > 0
+        if BEHAVIOUR == "flip":
+            big = not big
+        out.append("big" if big else "small")
+    return out
+"""
+
+
+def register_toy_model(ws: Workspace, run_id: int, behaviour: str) -> str:
+    """Register a python-flavor model in the workspace's MLflow registry; its behaviour is
+    good, raises (on 10% of inputs), slow (20 ms a row) or flip (the other label)."""
+    folder = ws.home / "built" / f"{behaviour}-{run_id}"
+    folder.mkdir(parents=True)
+    source = textwrap.dedent(TOY_MODEL).replace("BEHAVIOUR", repr(behaviour))
+    (folder / "inference.py").write_text(source)
+    sha = write_manifest(
+        folder, Manifest("python", "tabular", [Feature("x", "number")], ["big", "small"], "y")
+    )
+    info = ws.registry.register(
+        run_id=run_id,
+        model_dir=folder,
+        params={},
+        metrics={},
+        tags={"tidal.manifest_sha256": sha},
+        record={"decision": "promoted"},
+    )
+    return str(info.version)

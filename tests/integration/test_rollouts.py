@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections import Counter
@@ -25,7 +24,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tidal.artifact import Feature, Manifest, write_manifest
 from tidal.cli import build_endpoint
 from tidal.config import RolloutConfig
 from tidal.deploy import promote
@@ -33,48 +31,7 @@ from tidal.errors import UsageError
 from tidal.rollout.manager import Manager, watch
 from tidal.serving.server import BackgroundServer
 from tidal.workspace import Workspace
-
-MODEL = """
-import time, zlib
-
-
-def model_fn(model_dir):
-    return None
-
-
-def predict_fn(rows, model):
-    out = []
-    for row in rows:
-        x = row["x"]
-        if BEHAVIOUR == "raises" and zlib.crc32(repr(x).encode()) % 10 == 0:
-            raise RuntimeError("bad candidate")
-        if BEHAVIOUR == "slow":
-            time.sleep(0.02)
-        big = x > 0
-        if BEHAVIOUR == "flip":
-            big = not big
-        out.append("big" if big else "small")
-    return out
-"""
-
-
-def register(ws: Workspace, run_id: int, behaviour: str) -> str:
-    folder = ws.home / "built" / f"{behaviour}-{run_id}"
-    folder.mkdir(parents=True)
-    source = textwrap.dedent(MODEL).replace("BEHAVIOUR", repr(behaviour))
-    (folder / "inference.py").write_text(source)
-    sha = write_manifest(
-        folder, Manifest("python", "tabular", [Feature("x", "number")], ["big", "small"], "y")
-    )
-    info = ws.registry.register(
-        run_id=run_id,
-        model_dir=folder,
-        params={},
-        metrics={},
-        tags={"tidal.manifest_sha256": sha},
-        record={"decision": "promoted"},
-    )
-    return str(info.version)
+from toy import register_toy_model
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +39,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     home = tmp_path_factory.mktemp("rollouts")
     (home / "tidal.yaml").write_text("project: toy\nserving:\n  reload_interval_s: 0.1\n")
     ws = Workspace.open(home)
-    promote(ws, register(ws, 1, "good"), reason="first")
+    promote(ws, register_toy_model(ws, 1, "good"), reason="first")
     return ws
 
 
@@ -174,7 +131,7 @@ def test_a_rollout_without_alarms_is_refused(ws: Workspace) -> None:
 def test_a_candidate_raising_on_10_percent_is_rolled_back_in_its_canary(
     ws: Workspace, endpoint: str
 ) -> None:
-    bad = register(ws, 2, "raises")
+    bad = register_toy_model(ws, 2, "raises")
     with Traffic(endpoint) as traffic:
         time.sleep(0.5)
         Manager(ws).start(bad, strategy="canary", config=rollout_config(bake_s=30))
@@ -194,7 +151,7 @@ def test_a_candidate_raising_on_10_percent_is_rolled_back_in_its_canary(
 
 
 def test_a_candidate_five_times_slower_is_rolled_back(ws: Workspace, endpoint: str) -> None:
-    slow = register(ws, 3, "slow")
+    slow = register_toy_model(ws, 3, "slow")
     with Traffic(endpoint, rate=80):
         time.sleep(1.0)
         config = rollout_config(
@@ -208,7 +165,7 @@ def test_a_candidate_five_times_slower_is_rolled_back(ws: Workspace, endpoint: s
 
 
 def test_a_good_candidate_is_promoted_after_its_linear_steps(ws: Workspace, endpoint: str) -> None:
-    good = register(ws, 4, "good")
+    good = register_toy_model(ws, 4, "good")
     with Traffic(endpoint) as traffic:
         config = rollout_config(bake_s=3.0, linear_step_percent=50.0, max_p99_ratio=3.0)
         Manager(ws).start(good, strategy="linear", config=config)
@@ -225,7 +182,7 @@ def test_a_good_candidate_is_promoted_after_its_linear_steps(ws: Workspace, endp
 
 
 def test_shadow_answers_never_reach_a_caller_and_are_compared(ws: Workspace, endpoint: str) -> None:
-    flipped = register(ws, 5, "flip")
+    flipped = register_toy_model(ws, 5, "flip")
     with Traffic(endpoint) as traffic:
         config = rollout_config(bake_s=30, max_error_rate=None)
         Manager(ws).start(flipped, strategy="shadow", config=config)
@@ -243,7 +200,7 @@ def test_an_ab_test_is_sticky_per_user_and_ends_with_a_readout(
     ws: Workspace, endpoint: str
 ) -> None:
     current = ws.state.current_deployment(ws.model_name).version
-    other = register(ws, 6, "good")
+    other = register_toy_model(ws, 6, "good")
     with Traffic(endpoint, users=40) as traffic:
         # this test is about routing: the latency alarm (noisy at 50 requests) is left out
         config = rollout_config(ab_duration_s=3.0, sticky_header="X-User-Id")
@@ -268,7 +225,7 @@ def test_an_ab_test_is_sticky_per_user_and_ends_with_a_readout(
 def test_a_controller_killed_mid_canary_resumes_after_restart(
     ws: Workspace, endpoint: str, tmp_path: Path
 ) -> None:
-    good = register(ws, 7, "good")
+    good = register_toy_model(ws, 7, "good")
     manager = Manager(ws)
     command = [sys.executable, "-m", "tidal", "rollout", "watch", "-w", str(ws.root), "--json"]
     with Traffic(endpoint):

@@ -270,6 +270,8 @@ class Gateway:
             content, media = render(predictions, loaded, inference_id, context)
         except Exception as exc:
             response = self._failure(exc, request, inference_id)
+            if labels[1]:
+                response.headers[VERSION_HEADER] = labels[1]  # which version failed
             seconds = self._observe(labels, route, response.status_code, started)
             if self._variant_stats is not None and labels[2]:
                 self._variant_stats(labels[2], response.status_code, seconds, None)
