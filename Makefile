@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_ALLOW_PICKLE_DESERIALIZATION := false
 
-.PHONY: setup setup-test demo test test-slow lint bench bench-setup bench-serving clean
+.PHONY: setup setup-test demo test test-slow lint bench bench-setup bench-serving bench-rollout clean
 
 $(BIN)/tidal: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,12 +41,16 @@ bench: setup-test  ## performance figures (not part of make test)
 	$(BIN)/python bench/pipeline_bench.py
 	$(BIN)/python bench/text_bench.py --rows 256 --threads 1
 	$(BIN)/python bench/serving_bench.py
+	$(BIN)/python bench/rollout_bench.py
 
 bench-setup: setup-test  ## wrk (Debian package) and .bench/peers-venv (LitServe, BentoML)
 	$(BIN)/python bench/serving_bench.py --setup-only
 
 bench-serving: setup-test  ## Tidal's endpoint beside its peers, about 10 minutes (bench/README.md)
 	$(BIN)/python bench/serving_bench.py
+
+bench-rollout: setup-test  ## a bad canary at 200 req/s: seconds to rollback, requests that saw it
+	$(BIN)/python bench/rollout_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

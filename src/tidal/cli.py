@@ -301,7 +301,14 @@ def build_endpoint(ws: Any) -> Any:
         ws.state.add_snapshots,
         snapshot_every_s=min(1.0, max(0.2, ws.config.serving.reload_interval_s)),
     )
-    return build_app(ws.config.serving, router, runtime)
+    from tidal.rollout.routes import rollout_routes
+
+    return build_app(
+        ws.config.serving,
+        router,
+        runtime,
+        extra_routes=lambda gateway: rollout_routes(ws, gateway.authorize),
+    )
 
 
 @app.command()

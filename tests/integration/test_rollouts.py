@@ -29,15 +29,20 @@ from tidal.config import RolloutConfig
 from tidal.deploy import promote
 from tidal.errors import UsageError
 from tidal.rollout.manager import Manager, watch
+from tidal.serving.auth import new_key
 from tidal.serving.server import BackgroundServer
 from tidal.workspace import Workspace
 from toy import register_toy_model
+
+KEY, KEY_HASH = new_key()
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     home = tmp_path_factory.mktemp("rollouts")
-    (home / "tidal.yaml").write_text("project: toy\nserving:\n  reload_interval_s: 0.1\n")
+    (home / "tidal.yaml").write_text(
+        f"project: toy\nserving:\n  reload_interval_s: 0.1\n  api_keys: [{KEY_HASH}]\n"
+    )
     ws = Workspace.open(home)
     promote(ws, register_toy_model(ws, 1, "good"), reason="first")
     return ws
@@ -249,3 +254,33 @@ def test_a_controller_killed_mid_canary_resumes_after_restart(
     assert ended["status"] == "promoted", ended
     assert ended["id"] == held["id"] and len(ended["passed"]) == 2
     assert ws.state.current_deployment(ws.model_name).version == good
+
+
+def test_the_admin_routes_steer_a_rollout_behind_a_key(ws: Workspace, endpoint: str) -> None:
+    version = register_toy_model(ws, 8, "good")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=endpoint, timeout=30) as http:
+        assert http.get("/admin/rollout").status_code == 401
+        wrong = {"Authorization": "Bearer not-a-key"}
+        assert http.post("/admin/rollout/abort", headers=wrong).status_code == 401
+        started = http.post(
+            "/admin/rollout/start",
+            json={"version": version, "strategy": "canary", "bake_s": 60, "canary_percent": 5},
+            headers=auth,
+        )
+        assert started.status_code == 200, started.text
+        rollout = started.json()["rollout"]
+        assert rollout["strategy"] == "canary" and rollout["steps"][0]["traffic"] == 5.0
+        again = http.post("/admin/rollout/start", json={"version": version}, headers=auth)
+        assert again.status_code == 409 and "still running" in again.json()["error"]["message"]
+        paused = http.post("/admin/rollout/pause", headers=auth).json()["rollout"]
+        assert paused["status"] == "paused"
+        assert http.post("/admin/rollout/resume", headers=auth).json()["rollout"]["status"] in (
+            "warming",
+            "baking",
+        )
+        aborted = http.post("/admin/rollout/abort", headers=auth).json()["rollout"]
+        assert aborted["status"] == "aborted"
+        assert http.get("/admin/rollout", headers=auth).json()["rollout"]["status"] == "aborted"
+        none = http.post("/admin/rollout/pause", headers=auth)
+        assert none.status_code == 409 and "no rollout running" in none.json()["error"]["message"]

@@ -443,6 +443,10 @@ class Gateway:
 
     # -- checks -------------------------------------------------------------------------------
 
+    def authorize(self, request: Request) -> None:
+        """Raise the 401/403 answer unless the request carries a known API key."""
+        self._authorize(request)
+
     def _authorize(self, request: Request) -> None:
         if not self.config.api_keys:
             raise Problem(
@@ -606,6 +610,7 @@ def build_app(
     runtime: Runtime | None = None,
     *,
     refresher: bool = True,
+    extra_routes: Callable[[Gateway], list[Route]] | None = None,
 ) -> Starlette:
     """The endpoint's ASGI app. ``runtime`` (the worker launcher, metrics, capture) starts and
     stops with it. With ``refresher`` it loads the current model at startup and follows the
@@ -651,6 +656,7 @@ def build_app(
         *v2_routes(gateway, guarded),
         Route("/admin/reload", guarded(gateway.reload), methods=["POST"]),
         Route("/admin/workers", guarded(gateway.workers), methods=["GET"]),
+        *(extra_routes(gateway) if extra_routes else []),
     ]
     return Starlette(
         routes=routes,
