@@ -287,7 +287,9 @@ def build_endpoint(ws: Any) -> Any:
         flavors = ["transformers" if ws.config.data.task == "text" else "sklearn"]
     runtime = Runtime(ws.config.serving, store=ws.store, flavors=flavors)
     primary = ModelSlot(
-        source=lambda: ws.state.current_deployment(ws.model_name), loader=runtime.loader()
+        source=lambda: ws.state.current_deployment(ws.model_name),
+        loader=runtime.loader(),
+        keep_previous_s=ws.config.rollout.termination_wait_s,  # instant 'models rollback'
     )
 
     def active_rollout() -> dict[str, Any] | None:

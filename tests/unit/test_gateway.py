@@ -446,3 +446,31 @@ def test_refresher_loads_at_startup_and_follows_the_record() -> None:
         while client.get("/ping").json()["model_version"] != "4":
             assert time.monotonic() < deadline, "the refresher did not pick up version 4"
             time.sleep(0.01)
+
+
+def test_a_replaced_model_is_kept_ready_for_an_instant_rollback() -> None:
+    source = Source(deployment(1, "3", "/models/v3"))
+    loads: list[str] = []
+
+    def counting(target: Deployment) -> InlineBackend:
+        loads.append(target.version)
+        return fake_loader()(target)
+
+    slot = ModelSlot(source, counting, keep_previous_s=60)
+    assert slot.refresh() is True
+    first = slot.backend
+    assert isinstance(first, InlineBackend)
+    source.current = deployment(2, "4", "/models/v4")
+    assert slot.refresh() is True
+    assert not first.retired  # kept ready through the termination wait
+    source.current = deployment(3, "3", "/models/v3")  # a rollback: v3 again, a new record
+    assert slot.refresh() is True
+    assert slot.backend is first and loads == ["3", "4"]  # back at once, not loaded again
+
+    plain = ModelSlot(Source(deployment(1, "3", "/models/v3")), fake_loader())
+    plain.refresh()
+    replaced = plain.backend
+    assert isinstance(replaced, InlineBackend)
+    plain._source = Source(deployment(2, "4", "/models/v4"))
+    plain.refresh()
+    assert replaced.retired  # without a termination wait the old one goes at once

@@ -637,8 +637,8 @@ def build_app(
         finally:
             if thread is not None:
                 thread.stop()
-            for slot in router.slots():
-                backend = slot.backend
+            every = getattr(router, "all_slots", router.slots)()
+            for backend in [b for slot in every for b in slot.backends()]:
                 close = getattr(backend, "close", None)
                 if close is not None:
                     await close(grace_s=GRACE_S)

@@ -109,8 +109,12 @@ class ModelSlot:
         loader: Loader,
         *,
         name: str = "primary",
+        keep_previous_s: float = 0.0,
     ) -> None:
         self.name = name
+        # after a swap the replaced backend stays ready this long, for an instant rollback
+        self.keep_previous_s = keep_previous_s
+        self._previous: tuple[Loaded, float] | None = None
         self._source = source
         self._loader = loader
         self._loaded: Loaded | None = None
@@ -145,6 +149,7 @@ class ModelSlot:
 
     def refresh(self, *, force: bool = False) -> bool:
         """Follow the source; True when a new model was swapped in."""
+        self.expire_previous()
         with self._refresh_lock:
             try:
                 target = self._source()
@@ -157,9 +162,10 @@ class ModelSlot:
                 return False
             if target.id == self._failed_id and not force and time.monotonic() < self._retry_at:
                 return False
+            kept = self._take_previous(target)
             try:
-                backend = self._loader(target)
-                if current is not None and current.backend.has_workers:
+                backend = kept or self._loader(target)
+                if kept is None and current is not None and current.backend.has_workers:
                     try:
                         backend.warm_blocking()  # blue/green: the new one is up before it serves
                     except BaseException:
@@ -175,7 +181,7 @@ class ModelSlot:
                 return False
             self._loaded = Loaded(target, backend, self.name)
             if current is not None:
-                current.backend.retire()
+                self._keep_previous(current)
             self._last_error = None
             self._failed_id = None
             self._retry_s = RETRY_FIRST_S
@@ -187,6 +193,43 @@ class ModelSlot:
             target.model_dir,
         )
         return True
+
+    def _take_previous(self, target: Deployment) -> Backend | None:
+        """The kept previous backend when ``target`` is the same model again (a rollback
+        within the termination wait): ready at once, no load."""
+        previous, self._previous = self._previous, None
+        if previous is None:
+            return None
+        loaded, until = previous
+        same = (loaded.deployment.model_dir, loaded.deployment.manifest_sha256) == (
+            target.model_dir,
+            target.manifest_sha256,
+        )
+        if same and time.monotonic() < until:
+            log.info("version %s was kept ready: back in service at once", target.version)
+            return loaded.backend
+        loaded.backend.retire()
+        return None
+
+    def _keep_previous(self, replaced: Loaded) -> None:
+        if self.keep_previous_s <= 0:
+            replaced.backend.retire()
+            return
+        self._previous = (replaced, time.monotonic() + self.keep_previous_s)
+
+    def backends(self) -> list[Backend]:
+        """Every backend the slot holds: the serving one and a kept previous one."""
+        found = [self._loaded.backend] if self._loaded else []
+        if self._previous is not None:
+            found.append(self._previous[0].backend)
+        return found
+
+    def expire_previous(self) -> None:
+        """Retire the kept previous backend once its termination wait is over."""
+        previous = self._previous
+        if previous is not None and time.monotonic() >= previous[1]:
+            self._previous = None
+            previous[0].backend.retire()
 
     def clear(self) -> None:
         """Serve nothing any more (a rollout ended): retire the backend."""

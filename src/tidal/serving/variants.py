@@ -140,6 +140,10 @@ class RolloutRouter:
     def slots(self) -> Sequence[ModelSlot]:
         return (self.primary, self.candidate) if self.rollout else (self.primary,)
 
+    def all_slots(self) -> Sequence[ModelSlot]:
+        """Both slots, whether a rollout runs or not (for shutdown)."""
+        return (self.primary, self.candidate)
+
     def refresh_all(self, *, force: bool = False) -> bool:
         try:
             rollout = self._rollout_source()
