@@ -43,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import Any
 import psutil
 from peers.harness import Server, Spec, command, get, post, running, wrk
 from peers.install import PEERS_VENV, ensure_peers_venv, ensure_wrk
+from peers.report import goals, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
@@ -60,22 +60,14 @@ RESULTS = ROOT / "bench" / "results"
 
 TABULAR_LEVELS = (1, 16, 64)
 TEXT_LEVELS = (1, 32)
-TIDAL_AT_ZERO = "tidal, all at zero"  # the table's row of Tidal's memory with no worker
 TIDAL_COLD_IDLE_S = 2.0  # serving.idle_timeout_s of the instance whose cold starts are timed
-GOALS = {
-    "tabular_p50_c1_over_fastapi_ms": 0.3,
-    "tabular_rps_c64_vs_best_peer": 1.5,
-    "tabular_cold_from_zero_s": 0.25,
-    "text_rps_c32_vs_fastapi": 3.0,
-    "text_cold_from_zero_s": 0.8,
-}
 
 
 @dataclass
 class Settings:
     duration_s: int = 8
     warmup_s: int = 2
-    launches: int = 3
+    launches: int = 2
     cold_repeats: int = 5
     text_rows: int = 300
     start_timeout_s: float = 180.0
@@ -201,17 +193,17 @@ predictor = load_predictor(Path(sys.argv[1]))
 row = json.loads(Path(sys.argv[2]).read_text())["instances"]
 batch = int(sys.argv[3])
 
-def per_row_us(rows, runs):
+def per_row_us(rows, runs=200, seconds=1.0):
     predictor.predict(rows)
-    times = []
-    for _ in range(runs):
+    times, end = [], time.perf_counter() + seconds
+    while len(times) < runs and (len(times) < 5 or time.perf_counter() < end):
         started = time.perf_counter()
         predictor.predict(rows)
         times.append((time.perf_counter() - started) / len(rows) * 1e6)
     return statistics.median(times)
 
-print(json.dumps({"one_row_us": per_row_us(row, 200), "batch": batch,
-                  "batch_per_row_us": per_row_us(row * batch, 50)}))
+print(json.dumps({"one_row_us": per_row_us(row), "batch": batch,
+                  "batch_per_row_us": per_row_us(row * batch)}))
 """
 
 
@@ -232,15 +224,24 @@ def predict_in_process(model: Model, threads: int) -> dict[str, Any]:
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}
 
 
-def save_mlflow_model(model: Model, root: Path) -> Path:
+def save_mlflow_model(model: Model, root: Path) -> str | None:
+    """The model in MLflow's format for ``mlflow models serve``; returns why not, if not."""
     out = root / "mlflow-model"
-    subprocess.run(
-        command(BIN / "python", PEERS / "mlflow_model.py", "--model", model.folder, "--out", out),
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return out
+    try:
+        subprocess.run(
+            command(BIN / "python", PEERS / "mlflow_model.py", "--model", model.folder)
+            + command("--out", out),
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.CalledProcessError as exc:
+        return f"saving the MLflow model failed: {exc.stderr[-300:]}"
+    except subprocess.TimeoutExpired:
+        return "saving the MLflow model took over 300 s"
+    model.mlflow = out
+    return None
 
 
 # -- Tidal: workers, cold start from zero -----------------------------------------------------
@@ -447,7 +448,7 @@ def bench_server(
 
 
 def run_suite(
-    model: Model, peers: dict[str, Any], settings: Settings, logs: Path
+    model: Model, peers: dict[str, Any], settings: Settings, logs: Path, missing: dict[str, str]
 ) -> dict[str, Any]:
     levels = TEXT_LEVELS if model.kind == "text" else TABULAR_LEVELS
     print(
@@ -458,7 +459,7 @@ def run_suite(
     servers = {}
     for spec in specs(model, peers, settings):
         servers[spec.name] = bench_server(spec, model, levels, settings, logs)
-    missing = {
+    missing |= {
         name: f"not installed: {why}"
         for name, why in peers["failed"].items()
         if not settings.only or name in settings.only
@@ -479,240 +480,14 @@ def run_suite(
     }
 
 
-# -- figures, ratios, goals -------------------------------------------------------------------
-
-
-def columns(levels: list[int]) -> list[tuple[str, str, bool]]:
-    """(key, heading, lower is better) for each figure of a suite's table."""
-    cols = [(f"p50@{levels[0]}", f"p50 c={levels[0]} ms", True)]
-    cols.append((f"p99@{levels[0]}", f"p99 c={levels[0]} ms", True))
-    for c in levels[1:]:
-        cols += [(f"rps@{c}", f"req/s c={c}", False), (f"p99@{c}", f"p99 c={c} ms", True)]
-    cols += [("launch", "launch → answer s", True), ("cold", "cold from zero s", True)]
-    return [*cols, ("rss", "RSS MB", True), ("uss", "USS MB", True), ("pss", "PSS MB", True)]
-
-
-def figures(server: dict[str, Any]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    for c, run in server.get("load", {}).items():
-        out[f"p50@{c}"], out[f"p99@{c}"], out[f"rps@{c}"] = run["p50_ms"], run["p99_ms"], run["rps"]
-    out["launch"] = server.get("launch_median_s")
-    out["cold"] = server.get("cold_from_zero", {}).get("median_s")
-    memory = server.get("memory") or {}
-    out["rss"], out["uss"], out["pss"] = (memory.get(f"{k}_mb") for k in ("rss", "uss", "pss"))
-    return out
-
-
-def table(suite: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Each server's figures by column key; for Tidal also a row of its memory at zero."""
-    rows = {name: figures(server) for name, server in suite["servers"].items()}
-    zero = suite["servers"].get("tidal", {}).get("cold_from_zero", {}).get("memory_at_zero")
-    if zero:
-        rows[TIDAL_AT_ZERO] = {k: zero[f"{k}_mb"] for k in ("rss", "uss", "pss")}
-    return rows
-
-
-def ratios(suite: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Each row's figures as a ratio to the best peer's (Tidal is not a peer)."""
-    rows = table(suite)
-    out: dict[str, dict[str, float | None]] = {name: {} for name in rows}
-    for key, _, lower in columns(suite["levels"]):
-        peer_values = [f[key] for n, f in rows.items() if not n.startswith("tidal") and f.get(key)]
-        best = (min if lower else max)(peer_values) if peer_values else None
-        for name, f in rows.items():
-            value = f.get(key)
-            out[name][key] = round(value / best, 3) if value is not None and best else None
-    return out
-
-
-def goals(report: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-
-    def verdict(name: str, figure: str, ok: bool | None, note: str = "") -> None:
-        state = "not measured" if ok is None else ("ok" if ok else "MISSED")
-        out.append({"goal": name, "figure": figure, "verdict": state, "note": note})
-
-    tab = report["suites"].get("tabular")
-    if tab:
-        f = {n: figures(s) for n, s in tab["servers"].items()}
-        tidal, fastapi = f.get("tidal", {}), f.get("fastapi", {})
-        if tidal.get("p50@1") is not None and fastapi.get("p50@1") is not None:
-            gap = tidal["p50@1"] - fastapi["p50@1"]
-            limit = GOALS["tabular_p50_c1_over_fastapi_ms"]
-            verdict(
-                f"tabular: p50 at c=1 within {limit} ms of plain FastAPI",
-                f"{gap:+.3f} ms",
-                gap <= limit,
-            )
-        else:
-            verdict("tabular: p50 at c=1 within 0.3 ms of plain FastAPI", "-", None)
-        peer_rps = [v["rps@64"] for n, v in f.items() if n != "tidal" and v.get("rps@64")]
-        if tidal.get("rps@64") and peer_rps:
-            ratio = tidal["rps@64"] / max(peer_rps)
-            limit = GOALS["tabular_rps_c64_vs_best_peer"]
-            verdict(
-                f"tabular: req/s at c=64 >= {limit}x the best peer", f"{ratio:.2f}x", ratio >= limit
-            )
-        else:
-            verdict("tabular: req/s at c=64 >= 1.5x the best peer", "-", None)
-        _cold_goal(verdict, tab, "tabular", GOALS["tabular_cold_from_zero_s"])
-    text = report["suites"].get("text")
-    if text:
-        f = {n: figures(s) for n, s in text["servers"].items()}
-        t, base = f.get("tidal", {}).get("rps@32"), f.get("fastapi", {}).get("rps@32")
-        limit = GOALS["text_rps_c32_vs_fastapi"]
-        name = f"text: req/s at c=32 >= {limit}x plain FastAPI"
-        if t and base:
-            verdict(name, f"{t / base:.2f}x", t / base >= limit)
-        else:
-            verdict(name, "-", None)
-        _cold_goal(verdict, text, "text", GOALS["text_cold_from_zero_s"])
-    zero = []
-    for kind in ("tabular", "text"):
-        cold = (
-            report["suites"]
-            .get(kind, {})
-            .get("servers", {})
-            .get("tidal", {})
-            .get("cold_from_zero", {})
-        )
-        if cold.get("at_zero"):
-            zero.append((kind, cold["at_zero"]["workers"], cold.get("memory_at_zero") or {}))
-    if zero:
-        ok = all(workers == 0 for _, workers, _ in zero)
-        figure = "; ".join(
-            f"{kind}: {w} workers, {m.get('processes', '?')} processes, "
-            f"{m.get('rss_mb', 0):.0f} MB RSS / {m.get('uss_mb', 0):.0f} MB USS"
-            for kind, w, m in zero
-        )
-        verdict("idle (all variants at zero): no worker processes; memory stated", figure, ok)
-    else:
-        verdict(
-            "idle (all variants at zero): no worker processes; memory stated",
-            "-",
-            None,
-            "no scale-to-zero measured",
-        )
-    return out
-
-
-def _cold_goal(verdict: Any, suite: dict[str, Any], kind: str, limit: float) -> None:
-    cold = suite["servers"].get("tidal", {}).get("cold_from_zero", {})
-    name = f"{kind}: cold start from zero <= {limit} s"
-    if "median_s" in cold:
-        verdict(name, f"{cold['median_s']:.3f} s", cold["median_s"] <= limit)
-    else:
-        verdict(name, "-", None, cold.get("skipped") or cold.get("error") or "")
-
-
-# -- output -----------------------------------------------------------------------------------
-
-
-def _fmt(key: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if key.startswith("rps") or key in ("rss", "uss", "pss"):
-        return f"{value:,.0f}"
-    return f"{value:.2f}" if key in ("launch", "cold") or value >= 10 else f"{value:.3f}"
-
-
-def markdown(report: dict[str, Any]) -> str:
-    m = report["machine"]
-    s = report["settings"]
-    lines = [
-        f"# Serving bench, {report['date']}",
-        "",
-        f"Machine: {m['nproc']} CPUs, {m['cpu']}, {m['memory_gib']} GiB, Python {m['python']}; "
-        f"{m['wrk']}; load average {m['loadavg_before']} before, {m['loadavg_after']} after.",
-        f"Load: wrk -t1, keep-alive, single-row JSON POST, {s['warmup_s']} s warm-up then "
-        f"{s['duration_s']} s per level; launch → answer: median of {s['launches']} launches; "
-        f"cold from zero: median of {s['cold_repeats']} (idle_timeout_s = {TIDAL_COLD_IDLE_S:g}).",
-        f"Compute threads per model process: peers {s['peer_threads']} (OMP/MKL/OpenBLAS), "
-        f"Tidal its serving.worker_threads; Tidal settings from the environment: "
-        f"{s['tidal_env'] or 'none (defaults)'}.",
-        "",
-    ]
-    for kind, suite in report["suites"].items():
-        cols = columns(suite["levels"])
-        lines += [f"## {kind}: {suite['model']['description']}", ""]
-        probe = suite["predict_in_process"]
-        if "one_row_us" in probe:
-            lines += [
-                f"In-process `predict` (the floor): one row {probe['one_row_us']:,.0f} µs, "
-                f"a {probe['batch']}-row batch {probe['batch_per_row_us']:,.1f} µs per row.",
-                "",
-            ]
-        lines += _markdown_table(cols, table(suite), _fmt)
-        lines += [
-            "",
-            "Ratio to the best peer (latency, time, memory: below 1 is better; req/s: "
-            "above 1 is better):",
-            "",
-        ]
-        lines += _markdown_table(cols, ratios(suite), lambda k, v: f"{v:.2f}x")
-        lines += ["", "How each server gets the model:", ""]
-        for name, srv in suite["servers"].items():
-            note = f" — FAILED: {srv['error'][:200]}" if "error" in srv else ""
-            lines.append(f"- **{name}** (`POST {srv['route']}`): {srv['how']}{note}")
-        for name, why in suite["missing"].items():
-            lines.append(f"- **{name}**: {why}")
-        lines += _tidal_notes(suite)
-        lines.append("")
-    lines += ["## Goals", "", "| goal | figure | verdict |", "|---|---|---|"]
-    for g in report["goals"]:
-        note = f" ({g['note']})" if g["note"] else ""
-        lines.append(f"| {g['goal']} | {g['figure']} | {g['verdict']}{note} |")
-    lines += ["", f"Peers venv: {json.dumps(report['peers'])}", ""]
-    return "\n".join(lines)
-
-
-def _markdown_table(
-    cols: list[tuple[str, str, bool]],
-    rows: dict[str, dict[str, float | None]],
-    fmt: Callable[[str, float], str],
-) -> list[str]:
-    lines = ["| server | " + " | ".join(heading for _, heading, _ in cols) + " |"]
-    lines.append("|---" * (len(cols) + 1) + "|")
-    for name, row in rows.items():
-        cells = [fmt(k, v) if (v := row.get(k)) is not None else "-" for k, _, _ in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _tidal_notes(suite: dict[str, Any]) -> list[str]:
-    tidal = suite["servers"].get("tidal")
-    if not tidal:
-        return []
-    out = []
-    cold = tidal.get("cold_from_zero", {})
-    if "median_s" in cold:
-        mem = cold.get("memory_at_zero") or {}
-        out.append(
-            f"- Tidal cold starts from zero: {cold['seconds']} s; at zero: "
-            f"{cold['at_zero']['workers']} workers, {cold['at_zero']['launchers']} launcher, "
-            f"tidal_workers = {cold['at_zero']['gauge']}; what stays up: "
-            f"{mem.get('processes')} processes, {mem.get('rss_mb')} MB RSS, "
-            f"{mem.get('uss_mb')} MB USS, {mem.get('pss_mb')} MB PSS"
-        )
-    elif cold:
-        out.append(
-            f"- Tidal cold start from zero not measured: {cold.get('skipped') or cold.get('error')}"
-        )
-    if tidal.get("workers_warm"):
-        out.append(f"- Tidal after the load: {tidal['workers_warm']}")
-    for name, srv in suite["servers"].items():
-        for c, run in srv.get("load", {}).items():
-            if run["errors"]:
-                out.append(f"- {name} at c={c}: errors {run['errors']} (its figures are suspect)")
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a ~2-3 minute smoke run")
     parser.add_argument("--duration", type=int, help="seconds per load level (default 8; quick 2)")
     parser.add_argument("--warmup", type=int, help="seconds of warm-up (default 2; quick 1)")
-    parser.add_argument("--launches", type=int, help="launches timed per server (default 3)")
+    parser.add_argument(
+        "--launches", type=int, help="launches timed per server (default 2; quick 1)"
+    )
     parser.add_argument("--cold-repeats", type=int, help="Tidal cold starts timed (default 5)")
     parser.add_argument("--text-rows", type=int, help="reviews the text model trains on (300)")
     parser.add_argument(
@@ -738,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         duration_s=args.duration or (2 if quick else 8),
         warmup_s=args.warmup or (1 if quick else 2),
-        launches=args.launches or (1 if quick else 3),
+        launches=args.launches or (1 if quick else 2),
         cold_repeats=args.cold_repeats or (2 if quick else 5),
         text_rows=args.text_rows or (200 if quick else 300),
         peer_threads=args.peer_threads,
@@ -758,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
-        "settings": {k: v for k, v in vars(settings).items() if k != "only"} | {"quick": quick},
+        "settings": {k: v for k, v in vars(settings).items() if k != "only"}
+        | {"quick": quick, "tidal_cold_idle_s": TIDAL_COLD_IDLE_S},
         "peers": {k: v for k, v in peers.items() if k != "pins"},
         "suites": {},
     }
@@ -770,9 +546,11 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir()
         for kind in args.suites.split(","):
             model = deploy(root, kind, settings.text_rows)
-            if kind == "tabular" and (not settings.only or "mlflow" in settings.only):
-                model.mlflow = save_mlflow_model(model, root)
-            report["suites"][kind] = run_suite(model, peers, settings, logs)
+            missing = {}
+            wants_mlflow = kind == "tabular" and (not settings.only or "mlflow" in settings.only)
+            if wants_mlflow and (why := save_mlflow_model(model, root)):
+                missing["mlflow"] = why
+            report["suites"][kind] = run_suite(model, peers, settings, logs, missing)
     finally:
         if args.keep:
             print(f"kept {root} (workspaces, server logs)")

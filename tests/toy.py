@@ -9,8 +9,10 @@ never accuracy. Run as a script to write the model into a folder in a fresh proc
 from __future__ import annotations
 
 import random
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,3 +164,20 @@ def register_toy_model(ws: Workspace, run_id: int, behaviour: str) -> str:
         record={"decision": "promoted"},
     )
     return str(info.version)
+
+
+def wait_ready(url: str, server: subprocess.Popen[bytes], log: Path, within_s: float = 60) -> None:
+    """Wait until the endpoint process at ``url`` answers GET /ping with 200; fail with its
+    log if it exits or takes longer than ``within_s``."""
+    import httpx
+
+    deadline = time.monotonic() + within_s
+    while True:
+        assert server.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)

@@ -15,13 +15,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from tidal.errors import ConfigError
 
 CONFIG_FILE = "tidal.yaml"
 ENV_PREFIX = "TIDAL_"
-SECRET_KEYS = frozenset({"key", "secret", "api_keys"})
+SECRET_KEYS = frozenset({"key", "secret", "api_keys", "webhooks", "slack_webhooks"})
 
 
 class _Section(BaseModel):
@@ -293,6 +301,54 @@ class ControllerConfig(_Section):
     )
 
 
+class AlertsConfig(_Section):
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts webhooks may reach (exact names or IPs); empty: none may be sent. A "
+        "name resolving to an internal address reaches it only if that address is listed too.",
+    )
+    webhooks: list[str] = Field(
+        default_factory=list,
+        description="URLs receiving each alert as JSON signed with alerts.secret "
+        "(X-Tidal-Signature); https unless the host is loopback.",
+    )
+    slack_webhooks: list[str] = Field(
+        default_factory=list,
+        description='Slack-compatible incoming-webhook URLs, sent {"text": ...}.',
+    )
+    secret: SecretStr | None = Field(
+        None, description="Key signing webhook bodies; prefer the TIDAL_ALERTS__SECRET variable."
+    )
+    dedup_s: float = Field(
+        900.0,
+        ge=0,
+        description="The same alert (kind and key) again within this many seconds is counted, "
+        "not sent again; 0 sends every one.",
+    )
+    timeout_s: float = Field(
+        2.0, gt=0, le=30, description="Connect and read timeout of each webhook call."
+    )
+
+    @field_validator("webhooks", "slack_webhooks")
+    @classmethod
+    def _allow_listed(cls, urls: list[str], info: ValidationInfo) -> list[str]:
+        from tidal.alerts import check_url
+
+        for url in urls:
+            check_url(url, info.data.get("allowed_hosts", []), setting=f"alerts.{info.field_name}")
+        return urls
+
+    @field_validator("secret")
+    @classmethod
+    def _signing_key(cls, secret: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if secret is None and info.data.get("webhooks"):
+            raise ValueError(
+                "alerts.webhooks are signed: set alerts.secret (or the TIDAL_ALERTS__SECRET "
+                "variable) to a random string shared with the receivers"
+            )
+        return secret
+
+
 class Config(_Section):
     project: str = Field(
         "tidal", description="Project name; names the MLflow experiment and model."
@@ -306,6 +362,7 @@ class Config(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)  # type: ignore[arg-type]
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)  # type: ignore[arg-type]
     controller: ControllerConfig = Field(default_factory=ControllerConfig)  # type: ignore[arg-type]
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # type: ignore[arg-type]
 
     @property
     def model_name(self) -> str:

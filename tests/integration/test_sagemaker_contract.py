@@ -13,12 +13,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
 
 from tidal.artifact import Feature, Manifest, write_manifest
+from toy import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,16 +64,7 @@ def test_the_image_serves_opt_ml_model_on_ping_and_invocations(tmp_path: Path) -
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_ready(url, server, log)
         answer = httpx.post(
             f"{url}/invocations",
             content="5\n-1\n",

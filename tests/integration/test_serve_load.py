@@ -19,6 +19,7 @@ import httpx
 import psutil
 
 from tidal.cli import app
+from toy import wait_ready
 
 CLIENTS = 64
 SECONDS = 30.0
@@ -96,16 +97,7 @@ def test_64_clients_for_30_s_no_errors_no_leaked_processes(tmp_path: Path) -> No
     url = f"http://127.0.0.1:{port}"
     tree: set[int] = set()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "tidal serve did not become ready"
-            time.sleep(0.1)
+        wait_ready(url, server, log)
 
         answered, errors = asyncio.run(load(url, rows))
         tree = {p.pid for p in psutil.Process(server.pid).children(recursive=True)}
