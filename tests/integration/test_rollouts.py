@@ -284,3 +284,9 @@ def test_the_admin_routes_steer_a_rollout_behind_a_key(ws: Workspace, endpoint: 
         assert http.get("/admin/rollout", headers=auth).json()["rollout"]["status"] == "aborted"
         none = http.post("/admin/rollout/pause", headers=auth)
         assert none.status_code == 409 and "no rollout running" in none.json()["error"]["message"]
+
+
+def test_a_rollout_needs_a_champion_to_roll_out_against(tmp_path: Path) -> None:
+    (tmp_path / "tidal.yaml").write_text("project: empty\n")
+    with pytest.raises(UsageError, match="nothing serves empty yet"):
+        Manager(Workspace.open(tmp_path)).start("1", strategy="canary")

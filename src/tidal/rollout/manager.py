@@ -114,14 +114,19 @@ class Manager:
                 "that no alarm is wanted with rollout.allow_no_alarms: true (--no-alarms)",
             )
         current = self.state.current_deployment(self.model)
-        if current is not None and current.version == version:
+        if current is None:
+            raise UsageError(
+                f"nothing serves {self.model} yet, so there is nothing to roll out against",
+                hint="the first version is deployed directly: 'tidal run FILE' promotes it",
+            )
+        if current.version == version:
             raise UsageError(f"v{version} is already the champion; nothing to roll out")
         target, manifest_sha = prepare(self.ws, version)
         now = self.clock()
         first = "warming"  # every candidate is started before it gets traffic: no cold start
         doc: dict[str, Any] = {
             "strategy": strategy,
-            "baseline_version": current.version if current else None,
+            "baseline_version": current.version,
             "candidate_version": version,
             "candidate_dir": str(target),
             "candidate_sha256": manifest_sha,
