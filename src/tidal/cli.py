@@ -718,3 +718,5 @@ if __name__ == "__main__":
 from tidal.cli_rollout import rollout_app  # noqa: E402  (it uses the helpers above)
 
 app.add_typer(rollout_app, name="rollout")
+
+import tidal.cli_monitor  # noqa: E402, F401  (registers 'tidal monitor')

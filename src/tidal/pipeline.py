@@ -353,7 +353,31 @@ def register(ctx: RunContext) -> dict[str, Any]:
     info = ws.registry.register(
         run_id=ctx.run.id, model_dir=local, params=params, metrics=metrics, tags=tags, record=record
     )
-    return {"version": info.version, "mlflow_run_id": info.run_id}
+    baseline_uri = None
+    if gate["decision"] == Decision.PROMOTED:  # only a version that will serve is monitored
+        baseline_uri = _save_baseline(ctx, prep, local, trained["manifest_sha256"], info.version)
+    return {"version": info.version, "mlflow_run_id": info.run_id, "baseline_uri": baseline_uri}
+
+
+def _save_baseline(
+    ctx: RunContext, prep: dict[str, Any], local: Path, manifest_sha256: str, version: str
+) -> str | None:
+    """The drift baseline of a version to serve (training data, holdout predictions); a
+    failure is an event, never a failed registration."""
+    from tidal.monitoring.job import baseline_for_run, save_baseline
+
+    ws = ctx.ws
+    try:
+        return save_baseline(ws, version, baseline_for_run(ws, prep, local, manifest_sha256))
+    except Exception as exc:
+        log.warning("run %s: no drift baseline for v%s: %s", ctx.run.id, version, exc)
+        ws.state.event(
+            "run.warning",
+            f"run {ctx.run.id}: no drift baseline for v{version}: {exc}",
+            model=ws.model_name,
+            run_id=ctx.run.id,
+        )
+        return None
 
 
 def deploy(ctx: RunContext) -> dict[str, Any]:
