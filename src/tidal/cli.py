@@ -303,14 +303,18 @@ def build_endpoint(ws: Any) -> Any:
         ws.state.add_snapshots,
         snapshot_every_s=min(1.0, max(0.2, ws.config.serving.reload_interval_s)),
     )
+    from tidal.monitoring.feedback_routes import feedback_routes
     from tidal.rollout.routes import rollout_routes
 
-    return build_app(
-        ws.config.serving,
-        router,
-        runtime,
-        extra_routes=lambda gateway: rollout_routes(ws, gateway.authorize),
-    )
+    def extra_routes(gateway: Any) -> list[Any]:
+        feedback = feedback_routes(
+            ws.store,
+            gateway.authorize,
+            require_key=ws.config.serving.require_key_for_predict,
+        )
+        return [*rollout_routes(ws, gateway.authorize), *feedback]
+
+    return build_app(ws.config.serving, router, runtime, extra_routes=extra_routes)
 
 
 @app.command()

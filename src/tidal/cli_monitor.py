@@ -15,7 +15,9 @@ def monitor(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
     traffic captured since the last check)."""
     from tidal.monitoring.job import MonitorJob
 
-    summary: dict[str, Any] = MonitorJob(_workspace(workspace)).run_once()
+    ws = _workspace(workspace)
+    summary: dict[str, Any] = MonitorJob(ws).run_once()
+    summary["quality"] = live_quality(ws)
     if as_json:
         _print_json(summary)
         return
@@ -36,3 +38,34 @@ def monitor(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
         if status == "no_baseline":
             line += "  (versions trained before monitoring have none)"
         out.print(line, highlight=False)
+    quality = summary["quality"]
+    out.print(
+        f"live quality: {quality['labels']} late labels, {quality['matched']} matched to "
+        f"predictions, {quality['unmatched']} unmatched",
+        highlight=False,
+    )
+    for group in quality["totals"]:
+        out.print(
+            f"  v{group['version']} ({group['variant']})  accuracy {group['accuracy']:.3f}  "
+            f"macro-F1 {group['macro_f1']:.3f}  on {group['samples']} labelled predictions",
+            highlight=False,
+        )
+
+
+def live_quality(ws: Any) -> dict[str, Any]:
+    """Late labels (POST /feedback, files dropped in <storage>/feedback/) joined to the
+    captured predictions: accuracy and macro-F1 per version. Reads every capture file: the
+    incremental join is still to come."""
+    from tidal.monitoring.feedback import FeedbackStore, join
+    from tidal.monitoring.job import CAPTURE_PREFIX
+    from tidal.serving.capture import read_capture
+
+    feedback = FeedbackStore(ws.store)
+    feedback.ingest_dropped()
+    labels = feedback.labels()
+    if not labels:
+        return {"labels": 0, "matched": 0, "unmatched": 0, "totals": [], "windows": []}
+    report: dict[str, Any] = join(
+        read_capture(ws.store, CAPTURE_PREFIX, ws.model_name), labels
+    ).to_dict()
+    return report

@@ -1,0 +1,41 @@
+"""Late labels through the endpoint: POST /feedback joined to captured predictions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from tidal.cli import build_endpoint
+from tidal.cli_monitor import live_quality
+from tidal.deploy import promote
+from tidal.serving.server import BackgroundServer
+from tidal.workspace import Workspace
+from toy import register_toy_model
+
+
+def test_late_labels_give_live_accuracy_per_version(tmp_path: Path) -> None:
+    (tmp_path / "tidal.yaml").write_text(
+        "project: toy\nserving:\n  reload_interval_s: 0.1\n  capture_flush_interval_s: 0.2\n"
+    )
+    ws = Workspace.open(tmp_path)
+    promote(ws, register_toy_model(ws, 1, "good"), reason="first")
+    labels = []
+    with BackgroundServer(build_endpoint(ws)) as server, httpx.Client(base_url=server.url) as http:
+        for x in range(1, 41):  # the model says "big" for every x > 0
+            answer = http.post("/invocations", json={"instances": [{"x": x}]}, timeout=30)
+            assert answer.status_code == 200
+            truth = "big" if x <= 30 else "small"  # the last 10 were really small: 75% right
+            labels.append({"inference_id": answer.headers["x-inference-id"], "label": truth})
+        labels.append({"inference_id": "never-served", "label": "big"})
+        accepted = http.post("/feedback", json={"labels": labels})
+        assert accepted.status_code == 202 and accepted.json() == {"accepted": 41}
+        bad = http.post("/feedback", json={"labels": [{"inference_id": "x"}]})
+        assert bad.status_code == 422 and "'label' missing" in bad.json()["error"]["message"]
+        time.sleep(0.6)  # the capture writer flushes every 0.2 s
+    quality = live_quality(ws)
+    assert quality["matched"] == 40 and quality["unmatched"] == 1
+    (total,) = quality["totals"]
+    assert total["version"] == "1" and total["samples"] == 40
+    assert total["accuracy"] == 0.75

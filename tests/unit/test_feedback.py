@@ -1,0 +1,297 @@
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.exceptions import StarletteDeprecationWarning
+from starlette.requests import Request
+
+from tidal.errors import InvalidInput
+from tidal.monitoring.feedback import FeedbackStore, ingest_dropped, join, validate_labels
+from tidal.monitoring.feedback_routes import feedback_routes
+from tidal.serving.gateway import Problem
+from tidal.storage import Store
+
+with warnings.catch_warnings():
+    # Starlette 1.x asks for the httpx2 package under its TestClient; httpx behaves the same here
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, on an hour boundary
+
+
+def record(iid: str, predicted: Any, *, row: int = 0, ts: float = T0, version: str = "1",
+           variant: str = "default") -> dict[str, Any]:  # fmt: skip
+    return {"inference_id": iid, "row": row, "ts": ts, "model": "m", "version": version,
+            "variant": variant, "latency_ms": 1.0, "input": {"x": 1},
+            "output": {"label": predicted, "score": 0.9}}  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(f"file://{tmp_path}/bucket")
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def test_validate_defaults_row_and_keeps_labels() -> None:
+    got = validate_labels([{"inference_id": "a", "label": "pos"}, {"inference_id": "b",
+                           "label": 1.0, "row": 2}])  # fmt: skip
+    assert got == [
+        {"inference_id": "a", "label": "pos", "row": 0},
+        {"inference_id": "b", "label": 1, "row": 2},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ({"label": "x"}, "label 1: 'inference_id' missing"),
+        ({"inference_id": "a"}, "label 1: 'label' missing"),
+        ({"inference_id": "a", "label": None}, "'label' must be a string, number or boolean"),
+        ({"inference_id": "a", "label": [1]}, "'label' must be a string, number or boolean"),
+        ({"inference_id": "a", "label": "x", "row": -1}, "'row' must be an integer >= 0"),
+        ({"inference_id": "a", "label": "x", "row": True}, "'row' must be an integer >= 0"),
+        ({"inference_id": "a", "lable": "x"}, "unknown field(s) 'lable'; allowed"),
+        ("a", "label 1: expected an object, got str"),
+    ],
+)
+def test_validate_names_the_item_and_what_is_allowed(item: Any, expected: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        validate_labels([{"inference_id": "ok", "label": 0}, item])
+    assert expected in err.value.message
+    assert '"inference_id"' in err.value.message  # the allowed shape is spelled out
+
+
+def test_validate_limits_the_batch() -> None:
+    with pytest.raises(InvalidInput, match="3 labels in one batch, at most 2"):
+        validate_labels([{"inference_id": "a", "label": 0}] * 3, max_items=2)
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+def test_add_writes_one_object_per_call(store: Store) -> None:
+    feedback = FeedbackStore(store)
+    assert feedback.add([{"inference_id": "a", "label": "pos"}]) == 1
+    assert feedback.add([{"inference_id": "b", "label": "neg", "row": 1}] * 2) == 2
+    assert feedback.add([]) == 0
+    files = feedback.files()
+    assert len(files) == 2
+    assert all(f.key.startswith("_tidal/feedback/received/") for f in files)
+    assert [(x["inference_id"], x["row"]) for x in feedback.labels()] == [
+        ("a", 0), ("b", 1), ("b", 1),
+    ]  # fmt: skip
+    with pytest.raises(InvalidInput):
+        feedback.add([{"inference_id": "c"}])
+    assert len(feedback.files()) == 2  # nothing written for a bad batch
+
+
+def test_ingest_dropped_csv_and_jsonl(store: Store) -> None:
+    store.put_bytes("feedback/day1.csv", b"inference_id,label,row\na,pos,0\nb,neg,\n")
+    store.put_bytes("feedback/day2.jsonl", b'{"inference_id": "c", "label": 1}\n\n')
+    assert ingest_dropped(store) == 3
+    assert store.list("feedback") == []
+    feedback = FeedbackStore(store)
+    got = sorted((x["inference_id"], x["label"], x["row"]) for x in feedback.labels())
+    assert got == [("a", "pos", 0), ("b", "neg", 0), ("c", 1, 0)]
+    assert feedback.rejected() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("bad.csv", b"id,label\na,pos\n", "column(s) inference_id missing in bad.csv"),
+        ("bad.csv", b"inference_id,label,row\na,pos,0\nb,neg,x\n", "label 1: 'row' must be"),
+        ("bad.jsonl", b'{"inference_id": "a", "label": 1}\nnot json\n', "line 2 is not JSON"),
+        ("labels.xlsx", b"PK", "unsupported file type"),
+    ],
+)
+def test_ingest_dropped_rejects_a_bad_file_whole(
+    store: Store, name: str, data: bytes, reason: str
+) -> None:
+    store.put_bytes(f"feedback/{name}", data)
+    assert ingest_dropped(store) == 0
+    feedback = FeedbackStore(store)
+    assert feedback.files() == []  # nothing of it received
+    assert store.list("feedback") == []
+    keys = [i.key for i in feedback.rejected()]
+    assert len(keys) == 2
+    moved = next(k for k in keys if not k.endswith(".reason.json"))
+    assert moved.endswith(name) and store.get_bytes(moved) == data
+    why = json.loads(store.get_bytes(moved + ".reason.json"))
+    assert reason in why["reason"]
+
+
+# -- the join --------------------------------------------------------------------------------
+
+
+def test_join_accuracy_macro_f1_duplicates_unmatched() -> None:
+    captured = [
+        record("r1", "pos"),
+        record("r2", "pos"),
+        record("r3", "neg"),
+        record("r4", "neg", row=0),
+        record("r4", "pos", row=1),
+        record("r5", "neu"),
+    ]
+    labels: list[dict[str, Any]] = [
+        {"inference_id": "r1", "label": "pos"},
+        {"inference_id": "r2", "label": "pos"},  # replaced below
+        {"inference_id": "r3", "label": "neg"},
+        {"inference_id": "r4", "label": "pos", "row": 0},
+        {"inference_id": "r4", "label": "pos", "row": 1},
+        {"inference_id": "r5", "label": "neg"},
+        {"inference_id": "r2", "label": "neg"},  # the latest wins
+        {"inference_id": "gone", "label": "pos"},
+        {"inference_id": "r1", "label": "pos", "row": 7},  # no such row captured
+    ]
+    report = join(captured, labels)
+    assert (report.labels, report.duplicates, report.matched, report.unmatched) == (9, 1, 6, 2)
+    assert sorted(report.unmatched_examples) == ["gone", "r1"]
+    # pairs (true, predicted): (pos,pos) (neg,pos) (neg,neg) (pos,neg) (pos,pos) (neg,neu)
+    # correct 3/6; pos: tp 2, true 3, pred 3 → 4/6; neg: tp 1, true 3, pred 2 → 2/5;
+    # neu: tp 0 → 0; macro-F1 = (2/3 + 2/5 + 0) / 3
+    (total,) = report.totals
+    assert (total.samples, total.correct, total.accuracy) == (6, 3, 0.5)
+    assert total.macro_f1 == pytest.approx((2 / 3 + 2 / 5) / 3)
+    assert total.window_start is None
+    from sklearn.metrics import f1_score
+
+    truth = ["pos", "neg", "neg", "pos", "pos", "neg"]
+    predicted = ["pos", "pos", "neg", "neg", "pos", "neu"]
+    assert total.macro_f1 == pytest.approx(f1_score(truth, predicted, average="macro"))
+    json.dumps(report.to_dict())  # JSON-ready
+
+
+def test_join_latest_label_by_received_at_and_labels_compared_as_text() -> None:
+    captured = [record("a", 1), record("b", "1.5")]
+    labels: list[dict[str, Any]] = [
+        {"inference_id": "a", "label": 0, "received_at": 20.0},
+        {"inference_id": "a", "label": 1.0, "received_at": 10.0},  # older, though later here
+        {"inference_id": "b", "label": 1.5, "received_at": 5.0},
+    ]
+    report = join(captured, labels)
+    assert report.duplicates == 1
+    assert report.totals[0].correct == 1  # a: 0 ≠ 1; b: 1.5 == "1.5"
+
+
+def test_join_per_version_variant_and_window() -> None:
+    captured = [
+        record("a", "x", ts=T0 + 10),
+        record("b", "x", ts=T0 + 3700),  # the next hour
+        record("c", "x", ts=T0 + 20, version="2", variant="canary"),
+    ]
+    labels = [{"inference_id": i, "label": "x"} for i in "abc"] + [
+        {"inference_id": "b", "label": "y"}
+    ]
+    report = join(captured, labels, window_s=3600)
+    assert [(g.version, g.variant, g.samples) for g in report.totals] == [
+        ("1", "default", 2), ("2", "canary", 1),
+    ]  # fmt: skip
+    windows = [(g.version, g.window_start, g.window_end, g.accuracy) for g in report.windows]
+    assert windows == [
+        ("1", T0, T0 + 3600, 1.0),
+        ("1", T0 + 3600, T0 + 7200, 0.0),
+        ("2", T0, T0 + 3600, 1.0),
+    ]
+
+
+def test_join_with_nothing_matched() -> None:
+    report = join([], [{"inference_id": "a", "label": "x"}])
+    assert (report.unmatched, report.totals, report.windows) == (1, [], [])
+    assert report.alarms(min_accuracy=0.9, min_samples=0) == []
+
+
+def test_alarms_respect_floors_and_min_samples() -> None:
+    captured = [record(f"g{i}", "x", ts=T0) for i in range(10)] + [
+        record(f"h{i}", "x", ts=T0 + 3600) for i in range(3)
+    ]
+    labels = [{"inference_id": f"g{i}", "label": "x" if i < 8 else "y"} for i in range(10)]
+    labels += [{"inference_id": f"h{i}", "label": "y"} for i in range(3)]
+    report = join(captured, labels)
+    # total 8/13; window 1: 8/10; window 2: 0/3 (too few labels to alarm on with min 5)
+    alarms = report.alarms(min_accuracy=0.9, min_samples=5)
+    assert [(a.group.window_start, a.metric) for a in alarms] == [
+        (None, "accuracy"), (T0, "accuracy"),
+    ]  # fmt: skip
+    assert alarms[1].value == pytest.approx(0.8) and alarms[1].floor == 0.9
+    assert len(report.alarms(min_accuracy=0.9, min_samples=3)) == 3
+    assert report.alarms(min_accuracy=0.5, min_samples=5) == []
+    assert report.alarms(min_samples=0) == []  # no floor, no alarm
+    f1_alarms = report.alarms(min_macro_f1=0.99, min_samples=5)
+    assert {a.metric for a in f1_alarms} == {"macro_f1"}
+    assert alarms[0].to_dict()["metric"] == "accuracy"
+
+
+# -- the route -------------------------------------------------------------------------------
+
+
+def _authorize(request: Request) -> None:
+    if request.headers.get("authorization") != "Bearer secret":
+        raise Problem(401, "unauthorized", "send Authorization: Bearer KEY")
+
+
+def client(store: Store, *, require_key: bool = False) -> TestClient:
+    return TestClient(Starlette(routes=feedback_routes(store, _authorize, require_key=require_key)))
+
+
+def test_route_accepts_one_a_list_or_labels(store: Store) -> None:
+    http = client(store)
+    one = http.post("/feedback", json={"inference_id": "a", "label": "pos"})
+    assert (one.status_code, one.json()) == (202, {"accepted": 1})
+    many = http.post("/feedback", json=[{"inference_id": "b", "label": 1, "row": 3}] * 2)
+    assert many.json() == {"accepted": 2}
+    wrapped = http.post("/feedback", json={"labels": [{"inference_id": "c", "label": True}]})
+    assert wrapped.json() == {"accepted": 1}
+    assert len(FeedbackStore(store).files()) == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{nope", 400, "malformed_json"),
+        (b"[]", 422, "invalid_input"),
+        (b"42", 422, "invalid_input"),
+        (b'{"labels": {"inference_id": "a"}}', 422, "invalid_input"),
+        (
+            b'[{"inference_id": "a", "label": "x"}, {"inference_id": 3, "label": "x"}]',
+            422,
+            "invalid_input",
+        ),
+        (
+            json.dumps([{"inference_id": "a", "label": 1}] * 10_001).encode(),
+            413,
+            "too_many_labels",
+        ),
+        (b"[" + b" " * (4 * 1024 * 1024) + b"]", 413, "payload_too_large"),
+    ],
+)
+def test_route_errors_are_json(store: Store, body: bytes, status: int, code: str) -> None:
+    answer = client(store).post(
+        "/feedback", content=body, headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == status
+    assert answer.json()["error"]["code"] == code
+    assert answer.json()["error"]["message"]
+    assert FeedbackStore(store).files() == []
+
+
+def test_route_names_the_bad_item(store: Store) -> None:
+    answer = client(store).post("/feedback", json=[{"inference_id": "a", "label": "x"}, {}])
+    assert "label 1: 'inference_id' missing" in answer.json()["error"]["message"]
+
+
+def test_route_needs_the_key_when_required(store: Store) -> None:
+    http = client(store, require_key=True)
+    item = {"inference_id": "a", "label": "x"}
+    assert http.post("/feedback", json=item).status_code == 401
+    ok = http.post("/feedback", json=item, headers={"Authorization": "Bearer secret"})
+    assert ok.status_code == 202
+    with pytest.raises(ValueError, match="needs an authorize"):
+        feedback_routes(store, None, require_key=True)
