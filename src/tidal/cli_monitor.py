@@ -13,11 +13,8 @@ from tidal.cli import JSON_OPT, WS_OPT, _print_json, _workspace, app, out, repor
 def monitor(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
     """Drift of the served traffic against each version's training baseline (reads only the
     traffic captured since the last check)."""
-    from tidal.monitoring.job import MonitorJob
-
     ws = _workspace(workspace)
-    summary: dict[str, Any] = MonitorJob(ws).run_once()
-    summary["quality"] = live_quality(ws)
+    summary = check(ws)
     if as_json:
         _print_json(summary)
         return
@@ -39,6 +36,12 @@ def monitor(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
             line += "  (versions trained before monitoring have none)"
         out.print(line, highlight=False)
     quality = summary["quality"]
+    for alarm in quality.get("alarms", []):
+        out.print(
+            f"  [bold red]quality alarm[/]: v{alarm['version']} {alarm['metric']} "
+            f"{alarm['value']:.3f} under the floor {alarm['floor']:g}",
+            highlight=False,
+        )
     out.print(
         f"live quality: {quality['labels']} late labels, {quality['matched']} matched to "
         f"predictions, {quality['unmatched']} unmatched",
@@ -52,7 +55,37 @@ def monitor(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
         )
 
 
-def live_quality(ws: Any) -> dict[str, Any]:
+def check(ws: Any) -> dict[str, Any]:
+    """One monitoring pass with the workspace's settings: drift of the new traffic, live
+    quality, and an alert for each quality floor crossed."""
+    from tidal.alerts import send_alert
+    from tidal.monitoring.drift import Thresholds
+    from tidal.monitoring.job import MonitorJob
+
+    settings = ws.config.monitoring
+    thresholds = Thresholds(
+        psi=settings.psi, ks=settings.ks, js=settings.js, min_samples=settings.min_samples
+    )
+    summary: dict[str, Any] = MonitorJob(
+        ws, thresholds=thresholds, window_s=settings.window_s
+    ).run_once()
+    quality = live_quality(ws, window_s=settings.window_s)
+    alarms = quality.pop("_alarms", [])
+    quality["alarms"] = alarms
+    for alarm in alarms:
+        send_alert(
+            ws,
+            "quality",
+            f"{ws.model_name} v{alarm['version']}: live {alarm['metric']} {alarm['value']:.3f} "
+            f"under the floor {alarm['floor']:g} ({alarm['samples']} labelled predictions)",
+            key=f"quality-v{alarm['version']}-{alarm['metric']}",
+            data=alarm,
+        )
+    summary["quality"] = quality
+    return summary
+
+
+def live_quality(ws: Any, *, window_s: float = 3600.0) -> dict[str, Any]:
     """Late labels (POST /feedback, files dropped in <storage>/feedback/) joined to the
     captured predictions: accuracy and macro-F1 per version. Reads every capture file: the
     incremental join is still to come."""
@@ -65,7 +98,16 @@ def live_quality(ws: Any) -> dict[str, Any]:
     labels = feedback.labels()
     if not labels:
         return {"labels": 0, "matched": 0, "unmatched": 0, "totals": [], "windows": []}
-    report: dict[str, Any] = join(
-        read_capture(ws.store, CAPTURE_PREFIX, ws.model_name), labels
-    ).to_dict()
+    joined = join(read_capture(ws.store, CAPTURE_PREFIX, ws.model_name), labels, window_s=window_s)
+    report: dict[str, Any] = joined.to_dict()
+    settings = ws.config.monitoring
+    report["_alarms"] = [
+        a.to_dict()
+        for a in joined.alarms(
+            min_accuracy=settings.min_accuracy,
+            min_macro_f1=settings.min_macro_f1,
+            min_samples=settings.min_labels,
+        )
+        if a.group.window_start is None  # per version over all its labels
+    ]
     return report

@@ -291,6 +291,29 @@ class RolloutConfig(_Section):
     )
 
 
+class MonitoringConfig(_Section):
+    window_s: float = Field(
+        3600.0, gt=0, description="Length of a drift and quality window (seconds)."
+    )
+    psi: float = Field(0.2, gt=0, description="Drift: population stability index above this.")
+    ks: float = Field(0.1, gt=0, le=1, description="Drift: Kolmogorov-Smirnov distance above this.")
+    js: float = Field(
+        0.1, gt=0, le=1, description="Drift of a category or the labels: Jensen-Shannon above this."
+    )
+    min_samples: int = Field(
+        200, ge=1, description="Rows a window needs before drift can pass or fire."
+    )
+    min_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Alarm when live accuracy (late labels) is below this."
+    )
+    min_macro_f1: float | None = Field(
+        None, ge=0, le=1, description="Alarm when live macro-F1 (late labels) is below this."
+    )
+    min_labels: int = Field(
+        100, ge=1, description="Labelled predictions a version needs before a quality alarm."
+    )
+
+
 class ControllerConfig(_Section):
     poll_interval_s: float = Field(2.0, gt=0, description="How often incoming/ is listed.")
     lease_s: float = Field(
@@ -361,6 +384,7 @@ class Config(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)  # type: ignore[arg-type]
     serving: ServingConfig = Field(default_factory=ServingConfig)  # type: ignore[arg-type]
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)  # type: ignore[arg-type]
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)  # type: ignore[arg-type]
     controller: ControllerConfig = Field(default_factory=ControllerConfig)  # type: ignore[arg-type]
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # type: ignore[arg-type]
 

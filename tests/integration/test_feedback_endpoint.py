@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from tidal.cli import build_endpoint
-from tidal.cli_monitor import live_quality
+from tidal.cli_monitor import check
 from tidal.deploy import promote
 from tidal.serving.server import BackgroundServer
 from tidal.workspace import Workspace
@@ -18,6 +18,7 @@ from toy import register_toy_model
 def test_late_labels_give_live_accuracy_per_version(tmp_path: Path) -> None:
     (tmp_path / "tidal.yaml").write_text(
         "project: toy\nserving:\n  reload_interval_s: 0.1\n  capture_flush_interval_s: 0.2\n"
+        "monitoring:\n  min_accuracy: 0.9\n  min_labels: 20\n"
     )
     ws = Workspace.open(tmp_path)
     promote(ws, register_toy_model(ws, 1, "good"), reason="first")
@@ -34,8 +35,12 @@ def test_late_labels_give_live_accuracy_per_version(tmp_path: Path) -> None:
         bad = http.post("/feedback", json={"labels": [{"inference_id": "x"}]})
         assert bad.status_code == 422 and "'label' missing" in bad.json()["error"]["message"]
         time.sleep(0.6)  # the capture writer flushes every 0.2 s
-    quality = live_quality(ws)
+    quality = check(ws)["quality"]
     assert quality["matched"] == 40 and quality["unmatched"] == 1
     (total,) = quality["totals"]
     assert total["version"] == "1" and total["samples"] == 40
     assert total["accuracy"] == 0.75
+    # under monitoring.min_accuracy (0.9) with enough labels: an alarm, and an alert sent
+    (alarm,) = quality["alarms"]
+    assert alarm["metric"] == "accuracy" and alarm["value"] == 0.75 and alarm["floor"] == 0.9
+    assert any(e["kind"] == "alert" and "accuracy" in e["message"] for e in ws.state.events(5))
