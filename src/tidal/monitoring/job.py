@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from tidal.errors import NotFound
 from tidal.monitoring.baseline import Baseline
 from tidal.monitoring.drift import DriftReport, Status, Thresholds, WindowStats, compare
+from tidal.serving.capture import CAPTURE_PREFIX
 from tidal.workspace import META
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tidal.monitoring")
 
-CAPTURE_PREFIX = f"{META}/capture"  # as tidal.serving.runtime.CAPTURE_PREFIX
 BASELINES = f"{META}/baselines"
 MONITOR = f"{META}/monitor"
 WINDOW_S = 3600.0

@@ -68,6 +68,8 @@ except ImportError:  # pragma: no cover - depends on the environment
         return json.dumps(obj, default=_plain, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+CAPTURE_PREFIX = "_tidal/capture"  # where an endpoint of a workspace writes its records
+
 log = logging.getLogger("tidal.serving.capture")
 
 Format = Literal["jsonl", "parquet"]

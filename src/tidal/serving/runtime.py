@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tidal.artifact import MANIFEST, verify_stamped
+from tidal.serving.capture import CAPTURE_PREFIX
 from tidal.serving.metrics import ServingMetrics
 from tidal.serving.pool import Launcher, Pool, PoolKey
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from tidal.storage import Store
 
 log = logging.getLogger("tidal.serving")
-CAPTURE_PREFIX = "_tidal/capture"
 
 
 class Runtime:
