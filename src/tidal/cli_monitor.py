@@ -5,14 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import typer
+
 from tidal.cli import JSON_OPT, WS_OPT, _print_json, _workspace, app, out, reported
 
+monitor_app = typer.Typer(
+    help="Drift, live quality and alarms of the served traffic ('tidal monitor' checks now).",
+    invoke_without_command=True,
+)
+app.add_typer(monitor_app, name="monitor")
 
-@app.command()
+
+@monitor_app.callback()
 @reported
-def monitor(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
+def monitor(ctx: typer.Context, workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
     """Drift of the served traffic against each version's training baseline (reads only the
-    traffic captured since the last check)."""
+    traffic captured since the last check), and live quality from late labels."""
+    if ctx.invoked_subcommand is not None:
+        return
     ws = _workspace(workspace)
     summary = check(ws)
     if as_json:
@@ -24,7 +34,7 @@ def monitor(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
         highlight=False,
     )
     if not summary["versions"]:
-        out.print("no traffic captured yet for a version (requests to the endpoint are)")
+        out.print("no new traffic captured since the last check")
     for version, found in sorted(summary["versions"].items()):
         status = found["status"]
         line = f"  v{version}  {status}"
@@ -111,3 +121,20 @@ def live_quality(ws: Any, *, window_s: float = 3600.0) -> dict[str, Any]:
         if a.group.window_start is None  # per version over all its labels
     ]
     return report
+
+
+@monitor_app.command("report")
+@reported
+def monitor_report(
+    out_path: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
+    workspace: Path | None = WS_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """One self-contained HTML report: drift, live quality and latency per version."""
+    from tidal.monitoring.report import write_report
+
+    drawn = write_report(_workspace(workspace), out_path)
+    if as_json:
+        _print_json(drawn)
+        return
+    out.print(f"wrote {drawn['out']}", highlight=False)

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -45,6 +46,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Stor
 def test_the_triton_client_infers_unchanged(served: tuple[str, Store]) -> None:
     url, _ = served
     client = tritonclient_http.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        check_triton(client)
+    finally:
+        client.close()
+
+
+def check_triton(client: Any) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("houses")
     metadata = client.get_model_metadata("houses")

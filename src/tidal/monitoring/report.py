@@ -19,6 +19,7 @@ as an explicit "no data yet" panel saying what would fill it. Reads every captur
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import math
 import time
@@ -75,7 +76,9 @@ def _versions(ws: Workspace) -> list[_Version]:
         for info in ws.store.list(f"{MONITOR}/v{entry.version}"):
             if not (info.name.startswith("window-") and info.name.endswith(".json")):
                 continue
-            stats = WindowStats.from_json(json.dumps(json.loads(ws.store.get_bytes(info.key))["stats"]))
+            stats = WindowStats.from_json(
+                json.dumps(json.loads(ws.store.get_bytes(info.key))["stats"])
+            )
             if stats.fingerprint != baseline.fingerprint:
                 continue  # binned against an older baseline
             report = compare(baseline, stats, thresholds)
@@ -139,8 +142,17 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "—" if x is None else f"{x:.{digits}g}"
 
 
-def _text(x: float, y: float, text: str, *, size: int = 12, anchor: str = "middle",
-          weight: str = "normal", fill: str = "#222", rotate: float | None = None) -> str:  # fmt: skip
+def _text(
+    x: float,
+    y: float,
+    text: str,
+    *,
+    size: int = 12,
+    anchor: str = "middle",
+    weight: str = "normal",
+    fill: str = "#222",
+    rotate: float | None = None,
+) -> str:
     turn = f' transform="rotate({rotate} {x:.1f} {y:.1f})"' if rotate is not None else ""
     return (
         f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" '
@@ -150,7 +162,7 @@ def _text(x: float, y: float, text: str, *, size: int = 12, anchor: str = "middl
 
 def _svg(height: int, body: list[str], label: str) -> str:
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'<svg width="{WIDTH}" height="{height}" '
         f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{_e(label)}" '
         f'font-family="{_e(FONT)}"><rect width="100%" height="100%" fill="#fff"/>'
         + "".join(body)
@@ -175,7 +187,9 @@ def _legend(x: float, y: float, items: Sequence[tuple[str, str, str]]) -> list[s
     out = []
     for label, colour, mark in items:
         if mark == "bar":
-            out.append(f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="14" height="12" fill="{colour}"/>')
+            out.append(
+                f'<rect x="{x:.1f}" y="{y - 10:.1f}" width="14" height="12" fill="{colour}"/>'
+            )
         else:
             dash = ' stroke-dasharray="6 4"' if mark == "dash" else ""
             out.append(
@@ -198,8 +212,9 @@ def _nice_max(value: float) -> float:
     return 10 * power
 
 
-def _y_axis(left: float, top: float, bottom: float, right: float, ymax: float,
-            label: str, fmt: str) -> list[str]:  # fmt: skip
+def _y_axis(
+    left: float, top: float, bottom: float, right: float, ymax: float, label: str, fmt: str
+) -> list[str]:
     out = []
     for i in range(6):
         value = ymax * i / 5
@@ -217,7 +232,7 @@ def _bin_labels(bins: dict[str, list[Any]]) -> list[str]:
         return ["(other)" if c == OTHER else str(c) for c in bins["categories"]]
     edges = [float(e) for e in bins["edges"]]
     labels = [f"< {edges[0]:.3g}"] if edges else []
-    labels += [f"{a:.3g} – {b:.3g}" for a, b in zip(edges, edges[1:], strict=False)]
+    labels += [f"{a:.3g} – {b:.3g}" for a, b in itertools.pairwise(edges)]
     return labels + ([f"≥ {edges[-1]:.3g}"] if edges else [])
 
 
@@ -241,9 +256,14 @@ def distribution_svg(feature: dict[str, Any], version: str) -> str:
     ymax = _nice_max(100 * max([*base, *cur, 0.01]))
     body = [
         _text(WIDTH / 2, 24, title, size=16, weight="bold"),
-        *_legend(left, 48, [("baseline (training)", BASELINE_COLOUR, "bar"),
-                            (f"current window ({feature['samples']} values)", CURRENT_COLOUR,
-                             "bar")]),  # fmt: skip
+        *_legend(
+            left,
+            48,
+            [
+                ("baseline (training)", BASELINE_COLOUR, "bar"),
+                (f"current window ({feature['samples']} values)", CURRENT_COLOUR, "bar"),
+            ],
+        ),
         *_y_axis(left, top, bottom, right, ymax, "share of rows (%)", ".0f"),
     ]
     slot = (right - left) / max(1, len(labels))
@@ -257,7 +277,7 @@ def distribution_svg(feature: dict[str, Any], version: str) -> str:
                 f'height="{h:.1f}" fill="{colour}"><title>{_e(label)}: '
                 f"{100 * share:.1f}%</title></rect>"
             )
-        body.append(_text(x, bottom + 14, label, size=10, anchor="end", rotate=-35))
+        body.append(_text(x, bottom + 14, label, size=11, anchor="end", rotate=-35))
     body.append(_text((left + right) / 2, height - 8, xlabel, size=12))
     return _svg(height, body, title)
 
@@ -270,12 +290,21 @@ class Series:
     dashed: bool = False
 
 
-def line_svg(title: str, ylabel: str, series: list[Series], *, ymax: float | None = None,
-             threshold: tuple[float, str] | None = None, fmt: str = ".2f") -> str:  # fmt: skip
+def line_svg(
+    title: str,
+    ylabel: str,
+    series: list[Series],
+    *,
+    ymax: float | None = None,
+    threshold: tuple[float, str] | None = None,
+    fmt: str = ".2f",
+) -> str:
     """Values per window over time, one point per window; an optional threshold line."""
-    left, right, top, bottom, height = 70, WIDTH - 30, 62, 270, 330
+    left, right, top, bottom, height = 70, WIDTH - 30, 84, 290, 350
     times = sorted({t for s in series for t, _, _ in s.points})
-    top_value = max([v for s in series for _, v, _ in s.points] + [threshold[0] if threshold else 0])
+    top_value = max(
+        [v for s in series for _, v, _ in s.points] + [threshold[0] if threshold else 0]
+    )
     ymax = ymax if ymax is not None else _nice_max(top_value * 1.15)
     legend = [(s.label, s.colour, "dash" if s.dashed else "line") for s in series]
     if threshold:
@@ -286,7 +315,7 @@ def line_svg(title: str, ylabel: str, series: list[Series], *, ymax: float | Non
         *_y_axis(left, top, bottom, right, ymax, ylabel, fmt),
     ]
     span = times[-1] - times[0] if times else 0.0
-    pad = 40.0
+    pad = 70.0
 
     def x_of(t: float) -> float:
         if span <= 0:
@@ -299,7 +328,9 @@ def line_svg(title: str, ylabel: str, series: list[Series], *, ymax: float | Non
     step = max(1, math.ceil(len(times) / 8))
     for t in times[::step]:
         x = x_of(t)
-        body.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 5}" stroke="#444"/>')
+        body.append(
+            f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 5}" stroke="#444"/>'
+        )
         body.append(_text(x, bottom + 18, _when(t, "%m-%d %H:%M"), size=11))
     body.append(_text((left + right) / 2, height - 12, "window start (UTC)", size=12))
     if threshold:
@@ -352,8 +383,10 @@ def _summary(versions: list[_Version], quality: dict[str, Any] | None) -> str:
             f"<td>{_e(drifted)}</td>{_quality_row(quality, v.version)}</tr>"
         )
     if not rows:
-        rows.append("<tr><td colspan='7'>No monitored version yet: run <code>tidal monitor"
-                    "</code> once traffic is captured.</td></tr>")  # fmt: skip
+        rows.append(
+            "<tr><td colspan='7'>No monitored version yet: run <code>tidal monitor"
+            "</code> once traffic is captured.</td></tr>"
+        )
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -399,51 +432,80 @@ def write_report(ws: Workspace, out: Path, *, now: float | None = None) -> dict[
             features.append({"version": v.version, "name": feature["name"]})
     drawn["distributions"] = bool(features)
     if not features:
-        figures.append(_no_data("Baseline vs current distribution",
-                                "run `tidal monitor` after traffic is captured to judge a window"))  # fmt: skip
+        figures.append(
+            _no_data(
+                "Baseline vs current distribution",
+                "run `tidal monitor` after traffic is captured to judge a window",
+            )
+        )
 
     drift = [
-        Series(f"v{v.version} worst PSI", SERIES_COLOURS[i % len(SERIES_COLOURS)],
-               [(t, psi, f"{psi:.2f}") for t, psi, _ in v.windows if psi is not None])  # fmt: skip
+        Series(
+            f"v{v.version} worst PSI",
+            SERIES_COLOURS[i % len(SERIES_COLOURS)],
+            [(t, psi, f"{psi:.2f}") for t, psi, _ in v.windows if psi is not None],
+        )
         for i, v in enumerate(versions)
     ]
     drift = [s for s in drift if s.points]
     drawn["drift_over_time"] = bool(drift)
     threshold = versions[0].psi_threshold if versions else Thresholds().psi
     figures.append(
-        line_svg("Drift over time: worst feature PSI per window", "PSI (unitless)", drift,
-                 threshold=(threshold, f"drift threshold PSI {threshold:g}"))  # fmt: skip
+        line_svg(
+            "Drift over time: worst feature PSI per window",
+            "PSI (unitless)",
+            drift,
+            threshold=(threshold, f"drift threshold PSI {threshold:g}"),
+            fmt=".1f",
+        )
         if drift
         else _no_data("Drift over time", "no stored window with numeric or text features yet")
     )
 
     windows = (quality or {}).get("windows", [])
     by_version: dict[str, list[tuple[float, float, str]]] = {}
+    f1s: dict[str, list[tuple[float, float, str]]] = {}
     for g in windows:
         key = g["version"] + ("" if g["variant"] == "default" else f" ({g['variant']})")
         by_version.setdefault(key, []).append(
             (g["window_start"], 100 * g["accuracy"], f"{100 * g['accuracy']:.0f}% n={g['samples']}")
         )
-    accuracy = [
-        Series(f"v{k} accuracy", SERIES_COLOURS[i % len(SERIES_COLOURS)], pts)
-        for i, (k, pts) in enumerate(sorted(by_version.items()))
-    ]
+        f1s.setdefault(key, []).append((g["window_start"], 100 * g["macro_f1"], ""))
+    accuracy = []
+    for i, (k, pts) in enumerate(sorted(by_version.items())):
+        colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        accuracy.append(Series(f"v{k} accuracy", colour, pts))
+        accuracy.append(Series(f"v{k} macro-F1", colour, f1s[k], dashed=True))
     drawn["quality_over_time"] = bool(accuracy)
     figures.append(
-        line_svg("Live accuracy per window (n = labelled predictions)", "accuracy (%)", accuracy,
-                 ymax=110.0, fmt=".0f")  # fmt: skip
+        line_svg(
+            "Live quality per window (n = labelled predictions)",
+            "accuracy, macro-F1 (%)",
+            accuracy,
+            ymax=100.0,
+            fmt=".0f",
+        )
         if accuracy
-        else _no_data("Live quality over time",
-                      "no late labels matched to captured predictions yet (POST /feedback)")  # fmt: skip
+        else _no_data(
+            "Live quality over time",
+            "no late labels matched to captured predictions yet (POST /feedback)",
+        )
     )
 
     lat: list[Series] = []
     for i, (version, points) in enumerate(sorted(latency.items())):
         colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
-        lat.append(Series(f"v{version} p50", colour, [(t, p50, f"{p50:.0f}") for t, p50, _, _ in points]))
-        lat.append(Series(f"v{version} p99", colour,
-                          [(t, p99, f"{p99:.0f} ms · {n} req") for t, _, p99, n in points],
-                          dashed=True))  # fmt: skip
+        lat.append(
+            Series(f"v{version} p50", colour, [(t, p50, f"{p50:.0f}") for t, p50, _, _ in points])
+        )
+        lat.append(
+            Series(
+                f"v{version} p99",
+                colour,
+                [(t, p99, f"{p99:.0f} ms · {n} req") for t, _, p99, n in points],
+                dashed=True,
+            )
+        )
     drawn["latency"] = bool(lat)
     figures.append(
         line_svg("Latency per window (captured requests)", "latency (ms)", lat, fmt=".0f")
