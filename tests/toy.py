@@ -14,7 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tidal.artifact import Feature, Manifest, write_manifest
 
@@ -181,3 +181,23 @@ def wait_ready(url: str, server: subprocess.Popen[bytes], log: Path, within_s: f
             pass
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
+
+
+# -- captured traffic for the monitoring tests: x ~ N(shift, 1), a colour, a label by x's sign
+
+TRAFFIC_FEATURES = [Feature("x", "number"), Feature("color", "string")]
+COLORS = ["red", "green", "blue"]
+
+
+def traffic_rows(n: int, seed: int, shift: float = 0.0) -> list[dict[str, Any]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [
+        {"x": float(x) + shift, "color": COLORS[int(c)]}
+        for x, c in zip(rng.normal(size=n), rng.integers(0, 3, size=n), strict=True)
+    ]
+
+
+def traffic_answers(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"label": "high" if r["x"] > 0 else "low", "score": 0.9} for r in batch]

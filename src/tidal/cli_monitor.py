@@ -80,9 +80,7 @@ def check(ws: Any) -> dict[str, Any]:
         ws, thresholds=thresholds, window_s=settings.window_s
     ).run_once()
     quality = live_quality(ws, window_s=settings.window_s)
-    alarms = quality.pop("_alarms", [])
-    quality["alarms"] = alarms
-    for alarm in alarms:
+    for alarm in quality["alarms"]:
         send_alert(
             ws,
             "quality",
@@ -107,11 +105,18 @@ def live_quality(ws: Any, *, window_s: float = 3600.0) -> dict[str, Any]:
     feedback.ingest_dropped()
     labels = feedback.labels()
     if not labels:
-        return {"labels": 0, "matched": 0, "unmatched": 0, "totals": [], "windows": []}
+        return {
+            "labels": 0,
+            "matched": 0,
+            "unmatched": 0,
+            "totals": [],
+            "windows": [],
+            "alarms": [],
+        }
     joined = join(read_capture(ws.store, CAPTURE_PREFIX, ws.model_name), labels, window_s=window_s)
     report: dict[str, Any] = joined.to_dict()
     settings = ws.config.monitoring
-    report["_alarms"] = [
+    report["alarms"] = [
         a.to_dict()
         for a in joined.alarms(
             min_accuracy=settings.min_accuracy,

@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from tidal.artifact import Feature, Manifest
+from tidal.artifact import Manifest
 from tidal.monitoring.job import (
     CAPTURE_PREFIX,
     MonitorJob,
@@ -21,21 +20,8 @@ from tidal.monitoring.job import (
 )
 from tidal.serving.capture import CaptureWriter
 from tidal.workspace import Workspace
-
-FEATURES = [Feature("x", "number"), Feature("color", "string")]
-COLORS = ["red", "green", "blue"]
-
-
-def rows(n: int, seed: int, shift: float = 0.0) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(seed)
-    return [
-        {"x": float(x) + shift, "color": COLORS[int(c)]}
-        for x, c in zip(rng.normal(size=n), rng.integers(0, 3, size=n), strict=True)
-    ]
-
-
-def answers(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"label": "high" if r["x"] > 0 else "low", "score": 0.9} for r in batch]
+from toy import TRAFFIC_FEATURES as FEATURES
+from toy import traffic_answers, traffic_rows
 
 
 @pytest.fixture
@@ -52,14 +38,16 @@ def capture(ws: Workspace) -> Iterator[CaptureWriter]:
 
 
 def send(capture: CaptureWriter, version: str, batch: list[dict[str, Any]], rid: str) -> None:
-    assert capture.offer("toy", version, "default", rid, 1.0, batch, answers(batch)) == len(batch)
+    assert capture.offer("toy", version, "default", rid, 1.0, batch, traffic_answers(batch)) == len(
+        batch
+    )
     assert capture.flush()
 
 
 def make_baseline(ws: Workspace) -> None:
-    frame = pd.DataFrame(rows(2000, seed=0))
+    frame = pd.DataFrame(traffic_rows(2000, seed=0))
     manifest = Manifest("python", "tabular", FEATURES, ["high", "low"], "label")
-    holdout = [a["label"] for a in answers(rows(500, seed=1))]
+    holdout = [a["label"] for a in traffic_answers(traffic_rows(500, seed=1))]
     uri = save_baseline(ws, "1", build_baseline(ws, frame, manifest, holdout))
     assert uri.endswith("_tidal/baselines/v1.json")
 
@@ -80,7 +68,7 @@ def test_run_once_reads_new_traffic_only_and_alarms_on_drift(
     make_baseline(ws)
     job = MonitorJob(ws)
 
-    send(capture, "1", rows(300, seed=2), "calm")
+    send(capture, "1", traffic_rows(300, seed=2), "calm")
     first = job.run_once()
     assert (first["objects"], first["records"]) == (1, 300)
     v1 = first["versions"]["1"]
@@ -88,7 +76,7 @@ def test_run_once_reads_new_traffic_only_and_alarms_on_drift(
     assert (v1["rows"], v1["records"], v1["drifted"]) == (300, 300, [])
     assert not [e for e in ws.state.events() if e["kind"] in ("drift", "alert")]
 
-    send(capture, "1", rows(300, seed=3, shift=3.0), "shifted")
+    send(capture, "1", traffic_rows(300, seed=3, shift=3.0), "shifted")
     second = job.run_once()
     assert (second["objects"], second["records"]) == (1, 300)
     v1 = second["versions"]["1"]
@@ -112,7 +100,7 @@ def test_run_once_reads_new_traffic_only_and_alarms_on_drift(
 
 def test_a_version_without_baseline_is_reported(ws: Workspace, capture: CaptureWriter) -> None:
     make_baseline(ws)
-    send(capture, "2", rows(50, seed=4), "unknown")
+    send(capture, "2", traffic_rows(50, seed=4), "unknown")
     result = MonitorJob(ws).run_once()
     assert result["versions"] == {"2": {"status": "no_baseline", "records": 50}}
     assert not ws.store.list("_tidal/monitor/v2")
@@ -122,7 +110,7 @@ def test_an_interrupted_run_never_counts_an_object_twice(
     ws: Workspace, capture: CaptureWriter
 ) -> None:
     make_baseline(ws)
-    send(capture, "1", rows(250, seed=5), "once")
+    send(capture, "1", traffic_rows(250, seed=5), "once")
     job = MonitorJob(ws)
     job.run_once()
     with ws.state.tx() as db:  # as if the run had died after the windows, before marking

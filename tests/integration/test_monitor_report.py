@@ -5,36 +5,21 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from tidal.artifact import Feature
 from tidal.monitoring.baseline import Baseline
 from tidal.monitoring.feedback import FeedbackStore
 from tidal.monitoring.job import CAPTURE_PREFIX, MonitorJob, save_baseline
 from tidal.monitoring.report import write_report
 from tidal.serving.capture import CaptureWriter
 from tidal.workspace import Workspace
+from toy import TRAFFIC_FEATURES as FEATURES
+from toy import traffic_answers, traffic_rows
 
-FEATURES = [Feature("x", "number"), Feature("color", "string")]
-COLORS = ["red", "green", "blue"]
 T0 = 1_790_000_000.0 // 3600 * 3600  # an hour's start
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-def rows(n: int, seed: int, shift: float = 0.0) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(seed)
-    return [
-        {"x": float(x) + shift, "color": COLORS[int(c)]}
-        for x, c in zip(rng.normal(size=n), rng.integers(0, 3, size=n), strict=True)
-    ]
-
-
-def answers(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"label": "high" if r["x"] > 0 else "low", "score": 0.9} for r in batch]
 
 
 def monitored(tmp_path: Path) -> Workspace:
@@ -42,8 +27,8 @@ def monitored(tmp_path: Path) -> Workspace:
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "tidal.yaml").write_text("project: toy\n", encoding="utf-8")
     ws = Workspace.open(tmp_path)
-    frame = pd.DataFrame(rows(2000, seed=0))
-    holdout = [a["label"] for a in answers(rows(500, seed=1))]
+    frame = pd.DataFrame(traffic_rows(2000, seed=0))
+    holdout = [a["label"] for a in traffic_answers(traffic_rows(500, seed=1))]
     save_baseline(ws, "1", Baseline.from_frame(frame, FEATURES, holdout))
     clock = [T0 + 60]
     writer = CaptureWriter(ws.store, CAPTURE_PREFIX, flush_interval_s=60.0, clock=lambda: clock[0])
@@ -52,9 +37,11 @@ def monitored(tmp_path: Path) -> Workspace:
         for hour, shift in ((0, 0.0), (1, 1.5)):
             for i in range(30):  # 30 requests of 10 rows per hour
                 clock[0] = T0 + hour * 3600 + 60 * i
-                batch = rows(10, seed=100 * hour + i, shift=shift)
+                batch = traffic_rows(10, seed=100 * hour + i, shift=shift)
                 rid = f"h{hour}-r{i}"
-                writer.offer("toy", "1", "default", rid, 5.0 + i + 20 * hour, batch, answers(batch))
+                writer.offer(
+                    "toy", "1", "default", rid, 5.0 + i + 20 * hour, batch, traffic_answers(batch)
+                )
                 # the truth is "high" iff x > shift: right on every row in distribution
                 labels += [
                     {"inference_id": rid, "row": j, "label": "high" if r["x"] > shift else "low"}
