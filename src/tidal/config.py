@@ -312,6 +312,38 @@ class MonitoringConfig(_Section):
     min_labels: int = Field(
         100, ge=1, description="Labelled predictions a version needs before a quality alarm."
     )
+    text_auc: float = Field(
+        0.75,
+        gt=0.5,
+        le=1,
+        description="Text drift: a classifier telling training texts from served texts (on the "
+        "model's own embeddings) with a cross-validated AUC above this.",
+    )
+    interval_s: float = Field(
+        60.0, gt=0, description="How often 'tidal up' checks drift, quality and the retrain policy."
+    )
+
+
+class RetrainConfig(_Section):
+    enabled: bool = Field(
+        True, description="Let a drift or quality alarm start a retrain (within the limits below)."
+    )
+    triggers: list[Literal["drift", "quality"]] = Field(
+        default_factory=lambda: ["drift", "quality"],
+        description="Alarms that may start a retrain: drift, quality or both.",
+    )
+    min_rows: int = Field(
+        500, ge=1, description="New labelled rows (late labels joined to served inputs) needed."
+    )
+    cooldown_s: float = Field(
+        21600.0, ge=0, description="Least time between two retrains started by the policy."
+    )
+    max_runs_per_day: int = Field(
+        2, ge=0, description="Budget: retrains the policy may start in any 24 hours."
+    )
+    max_compute_s_per_day: float = Field(
+        7200.0, ge=0, description="Budget: training seconds the policy's retrains may use per 24 h."
+    )
 
 
 class ControllerConfig(_Section):
@@ -385,6 +417,7 @@ class Config(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)  # type: ignore[arg-type]
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)  # type: ignore[arg-type]
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)  # type: ignore[arg-type]
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)  # type: ignore[arg-type]
     controller: ControllerConfig = Field(default_factory=ControllerConfig)  # type: ignore[arg-type]
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)  # type: ignore[arg-type]
 
