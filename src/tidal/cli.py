@@ -347,6 +347,11 @@ def up(
 
     rollouts = threading.Thread(target=watch, args=(ws, stop), name="tidal-rollouts", daemon=True)
     rollouts.start()
+    from tidal.cli_monitor import monitor_forever
+
+    threading.Thread(
+        target=monitor_forever, args=(ws, stop), name="tidal-monitor", daemon=True
+    ).start()
     progress = StepProgress(enabled=False)
     try:
         Controller(ws, progress=progress).serve_forever(stop)
@@ -579,6 +584,11 @@ def status(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
         )
     out.print(f"endpoint  {ep['url']} ({state})", highlight=False)
     out.print(f"queue     {data['queue'] or 'empty'}", highlight=False)
+    retrain = data.get("retrain")
+    if retrain:
+        line = f"retrain   {retrain['action']} ({retrain['reason']}): {retrain['message']}"
+        out.print(line + (f"  → run {retrain['run_id']}" if retrain.get("run_id") else ""),
+                  highlight=False)  # fmt: skip
     for run in data["active_runs"]:
         line = f"active    run {run['run_id']} {Path(run['source']).name}: {run['step']}"
         p = run.get("progress") or {}

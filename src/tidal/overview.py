@@ -117,6 +117,7 @@ def status(ws: Workspace, *, check_endpoint: bool = True) -> dict[str, Any]:
         "events": [
             {"ts": e["ts"], "kind": e["kind"], "message": e["message"]} for e in state.events(10)
         ],
+        "retrain": next(iter(state.retrain_decisions(ws.model_name, limit=1)), None),
     }
 
 

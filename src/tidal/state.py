@@ -2,8 +2,9 @@
 
 Tables: ``runs`` (the queue and each run's state), ``steps`` (each completed step's output, so a
 run resumes after its last completed step), ``cursors`` and ``seen`` (what the polling trigger
-has already queued), ``deployments`` (which version serves, in order) and ``events`` (an audit
-log that ``tidal status`` shows and alert sinks will read).
+has already queued), ``deployments`` (which version serves, in order), ``rollouts`` and
+``variant_stats``, ``retrain_decisions`` (the retrain policy's) and ``events`` (an audit log that
+``tidal status`` shows).
 
 A run is unique per (model, sha256 of its object): queueing the same bytes twice returns the
 first run. A run is executed by one owner at a time under a lease that the owner renews; a lease
@@ -89,6 +90,14 @@ CREATE TABLE IF NOT EXISTS variant_stats(
   data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS variant_stats_at ON variant_stats(rollout_id, variant, t);
+CREATE TABLE IF NOT EXISTS retrain_decisions(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  model TEXT NOT NULL,
+  action TEXT NOT NULL,
+  at REAL NOT NULL,
+  doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS retrain_decisions_model ON retrain_decisions(model, id);
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   ts REAL NOT NULL,
@@ -505,6 +514,32 @@ class State:
             (rollout_id, variant, since),
         )
         return [json.loads(r["data"]) for r in rows]
+
+    # -- retrain decisions ----------------------------------------------------------------------
+    # One JSON document per decision of the retrain policy (tidal.monitoring.policy).
+
+    def add_retrain_decision(self, model: str, action: str, doc: dict[str, Any]) -> int:
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO retrain_decisions(model, action, at, doc) VALUES (?,?,?,?)",
+                (model, action, doc.get("at", time.time()), json.dumps(doc)),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def update_retrain_decision(self, decision_id: int, doc: dict[str, Any]) -> None:
+        with self.tx() as db:
+            db.execute(
+                "UPDATE retrain_decisions SET doc=? WHERE id=?", (json.dumps(doc), decision_id)
+            )
+
+    def retrain_decisions(self, model: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The model's retrain decisions, newest first (each its document and ``id``)."""
+        rows = self._read(
+            "SELECT id, doc FROM retrain_decisions WHERE model=? ORDER BY id DESC LIMIT ?",
+            (model, limit),
+        )
+        return [json.loads(r["doc"]) | {"id": r["id"]} for r in rows]
 
     # -- events -------------------------------------------------------------------------------
 

@@ -320,7 +320,7 @@ class QualityReport:
         }
 
 
-def _text(value: Any) -> str | None:
+def label_text(value: Any) -> str | None:
     """A label as the text it is compared by: 1, 1.0 and "1" are one class."""
     if type(value) is str:
         return value
@@ -347,7 +347,7 @@ def join(
 
     if window_s <= 0:
         raise ValueError(f"window_s must be > 0, got {window_s}")
-    text = _text
+    text = label_text
     captured = pd.DataFrame.from_records(
         [
             (

@@ -1,0 +1,129 @@
+"""The retrain policy on the real loop: a drift alarm, late labels, a retrain through the gate."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from tidal.cli import build_endpoint
+from tidal.cli_monitor import check
+from tidal.controller import Controller
+from tidal.examples import init_workspace
+from tidal.monitoring.policy import decisions
+from tidal.overview import status
+from tidal.serving.server import BackgroundServer
+from tidal.workspace import Workspace
+
+SHIFTED = "mean radius"
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    init_workspace(tmp_path, example="tabular")
+    ws = Workspace.open(
+        tmp_path,
+        overrides={
+            "serving": {"port": 0, "capture_flush_interval_s": 0.2},
+            "monitoring": {"min_samples": 50},
+            "retrain": {"min_rows": 120, "cooldown_s": 3600, "max_runs_per_day": 2},
+        },
+    )
+    record = Controller(ws).run_object(Controller(ws).ingest(tmp_path / "data" / "batch-1.csv")[0])
+    assert record["decision"] == "promoted" and record["version"] == "1"
+    return ws
+
+
+def serve_shifted(ws: Workspace, url: str, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Send ``frame``'s rows with SHIFTED tripled; returns a label for each served row."""
+    label = ws.config.data.label_column
+    rows = frame.drop(columns=[label]).assign(**{SHIFTED: frame[SHIFTED] * 3})
+    answer = httpx.post(
+        f"{url}/invocations", json={"instances": rows.to_dict("records")}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    inference_id = answer.headers["x-inference-id"]
+    return [
+        {"inference_id": inference_id, "row": i, "label": truth}
+        for i, truth in enumerate(frame[label])
+    ]
+
+
+def test_an_alarm_with_enough_labels_retrains_through_the_gate(ws: Workspace) -> None:
+    traffic = pd.read_csv(ws.root / "data" / "batch-2.csv")
+    with BackgroundServer(build_endpoint(ws), "127.0.0.1", 0) as server:
+        labels = serve_shifted(ws, server.url, traffic.iloc[:100])
+        labels += serve_shifted(ws, server.url, traffic.iloc[100:200])
+        # the first 80 labels arrive: drift stands, but too few labelled rows
+        assert httpx.post(f"{server.url}/feedback", json={"labels": labels[:80]}).status_code == 202
+        time.sleep(0.6)  # the capture writer flushes every 0.2 s
+        first = check(ws)
+        assert first["versions"]["1"]["status"] == "drifted"
+        assert SHIFTED in first["versions"]["1"]["drifted"]
+        skip = first["retrain"]
+        assert skip["action"] == "skip" and skip["reason"] == "too_few_rows"
+        assert skip["new_rows"] == 80 and "retrain.min_rows is 120" in skip["message"]
+        assert skip["alarms"][0]["kind"] == "drift"
+        # the same skip again: one decision, repeated, not one row per pass
+        again = check(ws)["retrain"]
+        assert again["id"] == skip["id"] and again["repeats"] == 2
+        # the other labels arrive: 200 labelled rows → a retrain
+        assert httpx.post(f"{server.url}/feedback", json={"labels": labels[80:]}).status_code == 202
+        retrain = check(ws)["retrain"]
+    assert retrain["action"] == "retrain", retrain
+    assert retrain["new_rows"] == 200 and retrain["rows"] == 200
+    landed = ws.store.get_bytes(ws.store.key_of(retrain["source"])).decode().splitlines()
+    rows = [json.loads(line) for line in landed]
+    assert len(rows) == 200
+    label = ws.config.data.label_column
+    assert [r[label] for r in rows[:5]] == traffic[label].iloc[:5].tolist()
+    assert rows[0][SHIFTED] == pytest.approx(traffic[SHIFTED].iloc[0] * 3)  # what was served
+    # the retrain run goes through the same loop: trained, judged against v1, registered
+    record = Controller(ws).wait_for(retrain["run_id"], timeout_s=120)
+    assert record["decision"] in ("promoted", "rejected")
+    assert record["champion_before"] == "1" and record["metrics"]["champion"] is not None
+    assert len(record["training_sets"]) == 2  # batch-1's train split and the labelled rows
+    # right after it: the cooldown holds the next one back, and status shows the decision
+    after = decisions(ws)
+    assert [d.action for d in after] == ["retrain", "skip"]
+    state = status(ws, check_endpoint=False)
+    assert (
+        state["retrain"]["action"] == "retrain" and state["retrain"]["run_id"] == record["run_id"]
+    )
+
+
+def test_budgets_and_cooldown_are_checked_in_order(ws: Workspace) -> None:
+    from tidal.monitoring.policy import Alarm, _decide
+
+    alarms = [Alarm("drift", "1", SHIFTED)]
+    now = time.time()
+    # a retrain ten minutes ago whose run trained for 5,000 s
+    run, _ = ws.state.enqueue(ws.model_name, "s3://x/incoming/retrain-a.jsonl", "a" * 64, "train")
+    ws.state.step_done(run.id, "train", "evaluate", {"train_seconds": 5000.0}, 5000.0)
+    ws.state.finish(run.id, decision="rejected", record={"decision": "rejected"})
+    ws.state.add_retrain_decision(
+        ws.model_name,
+        "retrain",
+        {"action": "retrain", "reason": "retrain", "message": "", "alarms": [], "at": now - 600,
+         "run_id": run.id, "cutoff": now - 600},
+    )  # fmt: skip
+    cfg = ws.config.retrain
+    assert _decide(ws, alarms, now).reason == "cooldown"  # cooldown_s 3600: 50 min to go
+    cfg.cooldown_s = 60
+    cfg.max_runs_per_day = 1
+    assert _decide(ws, alarms, now).reason == "runs_budget"
+    cfg.max_runs_per_day = 5
+    cfg.max_compute_s_per_day = 4000
+    decision = _decide(ws, alarms, now)
+    assert decision.reason == "compute_budget" and "5000 s" in decision.message
+    cfg.max_compute_s_per_day = 10_000
+    assert _decide(ws, alarms, now).reason == "too_few_rows"  # no labels at all
+    cfg.triggers = ["quality"]
+    assert _decide(ws, alarms, now).reason == "not_triggered"
+    cfg.enabled = False
+    assert _decide(ws, alarms, now).reason == "disabled"
