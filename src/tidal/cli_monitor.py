@@ -1,7 +1,9 @@
-"""``tidal monitor``: read the new captured traffic, compare it with each version's baseline."""
+"""``tidal monitor``: read the new captured traffic, compare it with each version's baseline,
+join late labels, and let the retrain policy decide on the alarms that stand."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,26 @@ def monitor(ctx: typer.Context, workspace: Path | None = WS_OPT, as_json: bool =
             f"macro-F1 {group['macro_f1']:.3f}  on {group['samples']} labelled predictions",
             highlight=False,
         )
+    say_decisions(summary["decisions"], fresh=summary["retrain"])
+
+
+def say_decisions(found: list[dict[str, Any]], *, fresh: dict[str, Any] | None = None) -> None:
+    """The retrain policy's latest decisions, newest first (``fresh``: this pass's)."""
+    if not found:
+        out.print("retrain policy: no decision yet (it decides when an alarm stands)")
+        return
+    out.print("retrain policy (newest first):")
+    for d in found:
+        when = datetime.fromtimestamp(d["last_at"] or d["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        color = "green" if d["action"] == "retrain" else "yellow"
+        line = f"  {when} UTC  [{color}]{d['action']}[/] ({d['reason']}): {d['message']}"
+        if d.get("run_id"):
+            line += f"  → run {d['run_id']}"
+        if d.get("repeats", 1) > 1:
+            line += f"  ×{d['repeats']}"
+        if fresh is not None and fresh.get("id") == d.get("id"):
+            line += "  [bold](now)[/]"
+        out.print(line, highlight=False)
 
 
 def check(ws: Any) -> dict[str, Any]:
@@ -90,7 +112,25 @@ def check(ws: Any) -> dict[str, Any]:
             data=alarm,
         )
     summary["quality"] = quality
+    from tidal.monitoring.policy import consider, decisions
+
+    decision = consider(ws, summary)
+    summary["retrain"] = decision.to_dict() if decision else None
+    summary["decisions"] = [d.to_dict() for d in decisions(ws, limit=5)]
     return summary
+
+
+def monitor_forever(ws: Any, stop: Any) -> None:
+    """``check`` every ``monitoring.interval_s`` until ``stop`` (a threading.Event) is set; errors
+    are logged and the loop goes on (``tidal up`` runs it in a thread)."""
+    import logging
+
+    log = logging.getLogger("tidal.monitoring")
+    while not stop.wait(ws.config.monitoring.interval_s):
+        try:
+            check(ws)
+        except Exception:
+            log.exception("monitoring pass failed; trying again at the next interval")
 
 
 def live_quality(ws: Any, *, window_s: float = 3600.0) -> dict[str, Any]:
