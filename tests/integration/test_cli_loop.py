@@ -116,7 +116,13 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
 def test_init_writes_a_workspace_with_example_data(story: Story) -> None:
     assert (story.ws / "tidal.yaml").is_file()
     names = sorted(p.name for p in (story.ws / "data").iterdir())
-    assert names == ["batch-1.csv", "batch-2.csv", "batch-3-shuffled-labels.csv", "malformed.csv"]
+    assert names == [
+        "batch-1.csv",
+        "batch-2.csv",
+        "batch-3-shuffled-labels.csv",
+        "malformed.csv",
+        "traffic.csv",
+    ]
     assert "label_column: diagnosis" in (story.ws / "tidal.yaml").read_text()
 
 

