@@ -108,11 +108,16 @@ def run_demo(
     if keep and (keep / ".tidal").exists():
         shutil.rmtree(keep / ".tidal")
     init_workspace(folder, example=example, force=True)
+    from tidal.demo_monitor import act_overrides, run_act, traffic_sizes
+
+    traffic = folder / "data" / "traffic.csv"
+    act = act_overrides(*traffic_sizes(traffic, EXAMPLES[example].label_column))
     ws = Workspace.open(
         folder,
-        overrides={
+        overrides=act
+        | {
             "controller": {"poll_interval_s": 0.2},
-            "serving": {"port": 0, "reload_interval_s": 0.1},
+            "serving": act["serving"] | {"port": 0, "reload_interval_s": 0.1},
         },
     )
     say(f"[bold]Tidal demo[/] ({example}) in {folder}", highlight=False)
@@ -161,6 +166,17 @@ def run_demo(
         for item in predictions:
             say(_prediction_line(item), highlight=False)
         quarantined = [i.key for i in ws.store.list("quarantine")]
+        monitoring = None
+        if any(r["decision"] == "promoted" for r in rows):
+            monitoring = run_act(
+                ws,
+                server.url,
+                traffic,
+                say=say,
+                wait_record=_wait_record,
+                say_record=_say_record,
+                wait_s=wait_s,
+            )
     finally:
         stop.set()
         loop.join(timeout=30)
@@ -174,6 +190,7 @@ def run_demo(
         "champion": champion.version if champion else None,
         "quarantine": quarantined,
         "predictions": predictions,
+        "monitoring": monitoring,
         "seconds": round(time.monotonic() - started, 2),
     }
     if console is not None:
@@ -345,7 +362,9 @@ def _say_table(console: Console, summary: dict[str, Any]) -> None:
         "landing→serving s",
     ):
         table.add_column(col)
-    for r in summary["runs"]:
+    act = summary.get("monitoring") or {}
+    retrain = [_row(Path(act["run"]["source"]).name, act["run"], None)] if act.get("run") else []
+    for r in summary["runs"] + retrain:
         table.add_row(
             r["file"],
             r["decision"],

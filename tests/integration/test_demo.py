@@ -50,7 +50,8 @@ def test_tabular_demo_tells_the_whole_story() -> None:
     decisions = [r["decision"] for r in runs]
     assert decisions[0] == "promoted" and decisions[2:] == ["rejected", "invalid"]
     assert decisions[1] in ("promoted", "rejected")
-    assert summary["champion"] == ("2" if decisions[1] == "promoted" else "1")
+    first_champion = "2" if decisions[1] == "promoted" else "1"
+    assert runs[-1]["champion"] == first_champion
     assert runs[0]["landing_to_serving_s"] > 0  # v1 was served, not only registered
     assert runs[1]["champion_accuracy"] is not None  # v2 was compared with v1
     assert "quarantine/malformed.csv" in summary["quarantine"]
@@ -58,6 +59,22 @@ def test_tabular_demo_tells_the_whole_story() -> None:
     assert len(summary["predictions"]) == 5
     assert {p["label"] for p in summary["predictions"]} <= {"benign", "malignant"}
     assert summary["workspace"] is None  # a temporary workspace, removed
+    # act two: 'mean radius' recalibrated ×1.5 → drift → late labels → retrain → gate → canary
+    act = summary["monitoring"]
+    assert act["traffic_rows"] == 114 and act["labels"] == 114
+    assert act["drift"]["status"] == "drifted" and act["drift"]["drifted"] == ["mean radius"]
+    assert act["quality"][0]["samples"] == 114
+    assert act["decision"]["action"] == "retrain" and act["decision"]["rows"] == 114
+    retrain = act["run"]
+    assert retrain["source"].endswith(".jsonl") and "retrain-" in retrain["source"]
+    assert retrain["champion_before"] == first_champion  # judged against it
+    if retrain["decision"] == "promoted":  # then it went out as a canary, and finished
+        assert act["rollout"]["strategy"] == "canary"
+        assert act["rollout"]["status"] in ("promoted", "rolled_back")
+        if act["rollout"]["status"] == "promoted":
+            assert summary["champion"] == retrain["version"]
+    else:
+        assert summary["champion"] == first_champion
 
 
 @pytest.mark.slow
