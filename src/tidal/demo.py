@@ -4,20 +4,22 @@ A controller and an endpoint run in this process (as ``tidal up`` runs them); fi
 ``incoming/`` one after another, and for each the demo waits for the decision and, when a
 version is promoted, for the endpoint to answer with it. The story depends on the example:
 
-tabular (and wine), under a minute:
+tabular (and wine), about a minute and a half with the second act:
 1. batch 1 → v1 promoted and served;
 2. batch 2 → v2 registered, promoted only if not worse than v1 on the same data;
 3. batch 3 with shuffled labels → rejected by the gate, champion unchanged;
 4. a malformed file → rejected by validation, moved to quarantine/ with its reasons.
 
-sentiment (MiniLM fine-tuned on movie reviews; about 6 minutes on two idle CPU cores):
+sentiment (MiniLM fine-tuned on movie reviews; about 11 minutes on two idle CPU cores):
 1. 2,000 reviews → v1 promoted and served;
 2. 4,000 more → v2 trained on all of them, promoted if not worse than v1 on the same reviews;
 3. a malformed file → quarantined. (No shuffled-labels batch: another training on every
    accepted review would double the demo's time to show what the tabular story shows.)
 
-At the end the endpoint answers a few requests: rows of batch-2 for tabular examples, sentences
-written for the demo for text ones.
+Then the endpoint answers a few requests: rows of batch-2 for tabular examples, sentences
+written for the demo for text ones. And the second act (``tidal.demo_monitor``) plays
+``data/traffic.csv`` against the champion: drift found by ``tidal monitor``, late labels, a
+retrain started by the policy, the gate, and a canary.
 """
 
 from __future__ import annotations
