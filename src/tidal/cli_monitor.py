@@ -96,7 +96,11 @@ def check(ws: Any) -> dict[str, Any]:
 
     settings = ws.config.monitoring
     thresholds = Thresholds(
-        psi=settings.psi, ks=settings.ks, js=settings.js, min_samples=settings.min_samples
+        psi=settings.psi,
+        ks=settings.ks,
+        js=settings.js,
+        text_auc=settings.text_auc,
+        min_samples=settings.min_samples,
     )
     summary: dict[str, Any] = MonitorJob(
         ws, thresholds=thresholds, window_s=settings.window_s

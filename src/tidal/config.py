@@ -324,12 +324,19 @@ class MonitoringConfig(_Section):
     )
 
 
+Trigger = Literal["drift", "quality"]
+
+
+def _all_triggers() -> list[Trigger]:
+    return ["drift", "quality"]
+
+
 class RetrainConfig(_Section):
     enabled: bool = Field(
         True, description="Let a drift or quality alarm start a retrain (within the limits below)."
     )
-    triggers: list[Literal["drift", "quality"]] = Field(
-        default_factory=lambda: ["drift", "quality"],
+    triggers: list[Trigger] = Field(
+        default_factory=_all_triggers,
         description="Alarms that may start a retrain: drift, quality or both.",
     )
     min_rows: int = Field(

@@ -11,8 +11,9 @@ from scipy.stats import ks_2samp
 
 from tidal.artifact import Feature
 from tidal.errors import TidalError
-from tidal.monitoring.baseline import OTHER, Baseline
+from tidal.monitoring.baseline import OTHER, Baseline, TextBaseline
 from tidal.monitoring.drift import FeatureDrift, Status, Thresholds, WindowStats, compare
+from tidal.monitoring.embedding import DIMS, METHOD, SKETCH_ROWS, Reservoir, encode
 from toy import reviews
 
 NUMERIC = [Feature("x", "number"), Feature("y", "number")]
@@ -113,6 +114,40 @@ def test_text_length_and_out_of_vocabulary_shift() -> None:
     assert shifted.status == Status.DRIFTED and shifted.metrics["oov_rate"] == 1.0
     assert metric(shifted, "length_psi") > 1.0
     assert {r.split()[0] for r in shifted.reasons} >= {"length_psi", "oov"}
+
+
+def test_text_embedding_drift_is_judged_by_the_domain_classifier() -> None:
+    """Sketch and samples of known vectors (a model's embeddings: see test_embedding.py)."""
+    rng = np.random.default_rng(21)
+    train = pd.DataFrame(reviews(600, seed=1))
+    baseline = Baseline.from_frame(train, [Feature("review", "string")], text={"review"})
+    text = baseline.features["review"]
+    assert isinstance(text, TextBaseline) and text.sketch is None
+    text.sketch = {"method": METHOD, "dims": DIMS, "seed": 0, "n": SKETCH_ROWS} | {
+        "vectors": encode(rng.normal(size=(SKETCH_ROWS, DIMS)))
+    }
+    same = [r["review"] for r in reviews(400, seed=2)]
+
+    def judged(shift: float, n: int, vectors: int | None = None) -> FeatureDrift:
+        window = WindowStats.from_batch(baseline, {"review": same[:n]})
+        k = n if vectors is None else vectors
+        sample = Reservoir(np.arange(k, dtype=np.uint64), rng.normal(shift, 1.0, (k, DIMS)))
+        window.features["review"].sample = sample
+        again = WindowStats.from_json(window.to_json())  # the sample travels with the window
+        return compare(baseline, again, Thresholds(min_samples=200)).features[0]
+
+    moved, still = judged(0.3, 400), judged(0.0, 400)
+    assert moved.status == Status.DRIFTED and metric(moved, "embedding_auc") > 0.9
+    assert moved.reasons == [next(r for r in moved.reasons if r.startswith("embedding auc"))]
+    assert moved.score == pytest.approx((metric(moved, "embedding_auc") - 0.5) / 0.25)
+    assert still.status == Status.OK and abs(metric(still, "embedding_auc") - 0.5) < 0.08
+    assert metric(still, "embedding_samples") == 400
+    few = judged(0.3, 150)  # computed, not judged: 150 texts < min_samples
+    assert few.status == Status.INSUFFICIENT_DATA and metric(few, "embedding_auc") > 0.8
+    partial = judged(0.3, 400, vectors=150)  # most texts came without the model: not judged
+    assert partial.status == Status.OK and metric(partial, "embedding_auc") > 0.8
+    plain = WindowStats.from_batch(baseline, {"review": same})
+    assert "embedding_auc" not in compare(baseline, plain).features[0].metrics
 
 
 def test_prediction_drift_compares_label_shares(numeric: Baseline) -> None:

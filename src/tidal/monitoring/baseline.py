@@ -14,15 +14,18 @@ and the model's predicted labels on the holdout. Per feature, by kind:
 - text (the string features named in ``text``): the token-count distribution in quantile bins
   as above, a vocabulary (the ``vocabulary_size`` most frequent lower-cased word tokens of 4
   training texts in 5) and the share of the fifth's tokens outside it (a held-out rate: on the
-  texts it came from the rate would be biased low). ``sketch`` is the hook for the model's embedding
-  sketch (reference embeddings for MMD or a domain classifier): not computed yet, always None.
+  texts it came from the rate would be biased low). When the model is a text model (an
+  ``embedder`` is passed), ``sketch`` holds the model's own embeddings of a seeded sample of
+  ``SKETCH_ROWS`` training texts (``tidal.monitoring.embedding``: 64 float32 dimensions each,
+  base64 in JSON, ~170 KB), the reference of the domain classifier in
+  ``tidal.monitoring.drift``; otherwise it is None.
 
 Missing values (None, NaN; ±inf for numbers) are counted apart and never binned.
 
 The counting functions below bin the training data here and every window of traffic in
 ``tidal.monitoring.drift``: one code path, so a baseline and a window always agree on what a
 bin is. ``to_json``/``from_json`` are plain JSON (never pickle): about 25 KB for 50 numeric
-features, plus ~15 KB per text feature for its vocabulary.
+features, plus ~15 KB per text feature for its vocabulary and ~170 KB for its sketch.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from tidal.errors import TidalError
 
 if TYPE_CHECKING:
     from tidal.artifact import Feature
+    from tidal.monitoring.embedding import Embedder
 
 FORMAT = 1
 BINS = 20
@@ -197,7 +201,7 @@ class TextBaseline:
     tokens: int  # held-out training tokens, of which oov were outside the vocabulary
     oov: int
     missing: int
-    sketch: dict[str, Any] | None = None  # hook: the model's embedding sketch (later)
+    sketch: dict[str, Any] | None = None  # the model's embeddings of sampled training texts
     kind: Literal["text"] = "text"
 
     @cached_property
@@ -243,12 +247,14 @@ class Baseline:
         bins: int = BINS,
         top_categories: int = TOP_CATEGORIES,
         vocabulary_size: int = VOCABULARY_SIZE,
+        embedder: Embedder | None = None,
     ) -> Baseline:
         """The baseline of a model trained on ``frame`` with ``features``.
 
         ``predictions`` are the model's predicted labels on the holdout; ``text`` names the
         string features that hold free text (a text model's text column), the other string
-        features are categorical.
+        features are categorical. ``embedder`` (the model's own) adds each text feature's
+        embedding sketch.
         """
         absent = [f.name for f in features if f.name not in frame.columns]
         if absent:
@@ -261,7 +267,7 @@ class Baseline:
         for feature in features:
             values = frame[feature.name].to_numpy()
             if feature.name in text:
-                built[feature.name] = _text(values, bins, vocabulary_size)
+                built[feature.name] = _text(values, bins, vocabulary_size, embedder)
             elif feature.type in ("number", "integer"):
                 built[feature.name] = _numeric(values, bins)
             else:
@@ -278,10 +284,12 @@ class Baseline:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Identifies the binning (edges, categories, vocabularies): windows must match it."""
+        """Identifies the binning (edges, categories, vocabularies, how texts are embedded):
+        windows must match it."""
         layout = {
             name: [f.kind, getattr(f, "edges", None), getattr(f, "categories", None)]
             + ([f.vocabulary] if isinstance(f, TextBaseline) else [])
+            + ([_embedding(f.sketch)] if isinstance(f, TextBaseline) and f.sketch else [])
             for name, f in self.features.items()
         }
         return hashlib.sha256(json.dumps(layout).encode()).hexdigest()[:16]
@@ -330,7 +338,9 @@ def _categorical(values: np.ndarray, top: int) -> CategoricalBaseline:
     return CategoricalBaseline(categories, counts, int(len(series) - len(present)))
 
 
-def _text(values: np.ndarray, bins: int, vocabulary_size: int) -> TextBaseline:
+def _text(
+    values: np.ndarray, bins: int, vocabulary_size: int, embedder: Embedder | None = None
+) -> TextBaseline:
     tokens, missing = tokenize(values)
     edges = quantile_edges(tokens.str.len().to_numpy(dtype=np.float64), bins)
     # The vocabulary comes from 4 texts in 5, the baseline OOV rate from the fifth: measured on
@@ -341,6 +351,8 @@ def _text(values: np.ndarray, bins: int, vocabulary_size: int) -> TextBaseline:
     vocabulary = [str(word) for word, _ in ordered[:vocabulary_size]]
     lengths = _count_tokens(edges, (), tokens, missing).counts
     rate = _count_tokens(edges, frozenset(vocabulary), tokens[held] if held.any() else tokens, 0)
+    texts = pd.Series(np.asarray(values, dtype=object).ravel())
+    present = texts[texts.notna()].astype(str).tolist()
     return TextBaseline(
         edges.tolist(),
         lengths.tolist(),
@@ -348,7 +360,13 @@ def _text(values: np.ndarray, bins: int, vocabulary_size: int) -> TextBaseline:
         tokens=rate.tokens,
         oov=rate.oov,
         missing=missing,
+        sketch=embedder.sketch(present) if embedder is not None and present else None,
     )
+
+
+def _embedding(sketch: dict[str, Any]) -> list[Any]:
+    """What a window's vectors must share with the sketch's to be compared with them."""
+    return [sketch.get("method"), sketch.get("dims"), sketch.get("seed")]
 
 
 def _rate(part: int, whole: int) -> float:

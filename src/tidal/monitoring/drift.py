@@ -7,11 +7,16 @@ Two steps, both pure functions of what the caller passes:
    baseline, vectorized per feature (numbers: ``count(x < edge)`` per edge on cache-sized
    chunks, ~10 ms per million values; categories: ``pd.factorize`` + ``np.bincount``), keeping
    only sufficient statistics: counts per bin or category, missing values, sums for the mean,
-   token and out-of-vocabulary counts for text, counts per predicted label. Windows add up with
-   ``merge``, so a check over a day is the merge of its hourly windows: its cost grows with the
-   new traffic, never with all the traffic ever captured. ``to_json`` stores a window.
-   ``from_records`` takes capture records (``tidal.serving.capture``); for a Parquet capture
-   pass ``{name: frame[f"in.{name}"]}``, ``labels=frame["label"]``, ``ts=frame["ts"]``.
+   token and out-of-vocabulary counts for text, counts per predicted label. Given the model's
+   ``embedder``, a text feature whose baseline has a sketch also keeps a ``Reservoir``: the
+   embeddings of a uniform sample of at most ``SKETCH_ROWS`` of its texts (keyed by the rows'
+   ``ids``, see ``tidal.monitoring.embedding``). Windows add up with ``merge`` (reservoirs
+   merge into the sample of all their rows), so a check over a day is the merge of its hourly
+   windows: its cost grows with the new traffic, never with all the traffic ever captured.
+   ``to_json`` stores a window. ``from_records`` takes capture records
+   (``tidal.serving.capture``); for a Parquet capture pass ``{name: frame[f"in.{name}"]}``,
+   ``labels=frame["label"]``, ``ts=frame["ts"]``, ``ids=list(zip(frame["inference_id"],
+   frame["row"]))``.
 2. ``compare(baseline, window, thresholds)`` returns a ``DriftReport``.
 
 The statistics, per feature:
@@ -22,6 +27,14 @@ The statistics, per feature:
   (with 20 quantile bins: ~0.05 plus the window's share of the fullest bin);
 - categorical: Jensen–Shannon distance (base 2, in [0, 1]) over the top categories and other;
 - text: PSI and KS of the tokens-per-text distribution, and the change of the OOV token rate;
+  with a sketch and a reservoir, ``embedding_auc``: the cross-validated AUC of a domain
+  classifier telling the window's embeddings from the baseline's (``domain_auc``), drifted
+  over ``text_auc``; its p-value is the Mann–Whitney one of an AUC that high on that many
+  vectors. It is judged once the reservoir holds ``min(min_samples, SKETCH_ROWS)`` vectors
+  (and the feature ``min_samples`` values); its score is ``(auc - 0.5) / (text_auc - 0.5)``.
+  Measured with all-MiniLM-L6-v2's token embeddings, 500 training reviews against 500 other
+  reviews: AUC 0.46–0.55 (twelve draws); against the 938 debate statements: 0.96–0.97, and
+  0.92–0.96 against only 50 of them (their OOV rate only moves from 0.25 to 0.30);
 - every kind: the change of the missing-value rate; predictions: PSI over predicted label shares.
 
 Verdicts. A check is ``insufficient_data``, never ``ok``, when the window has fewer than
@@ -61,6 +74,15 @@ from tidal.monitoring.baseline import (
     count_numeric,
     count_text,
 )
+from tidal.monitoring.embedding import (
+    FOLDS,
+    SKETCH_ROWS,
+    Embedder,
+    Reservoir,
+    auc_pvalue,
+    domain_auc,
+    sketch_vectors,
+)
 
 EPSILON = 1e-4  # the smallest bin share PSI uses (empty bins)
 PLOTS = 5  # features whose bin shares DriftReport.to_dict includes, most drifted first
@@ -79,6 +101,7 @@ class Thresholds:
     ks: float = 0.1
     js: float = 0.1
     oov: float = 0.1  # absolute change of the out-of-vocabulary token rate
+    text_auc: float = 0.75  # domain classifier AUC, baseline vs window text embeddings
     missing: float = 0.1  # absolute change of the missing-value rate
     alpha: float = 0.01  # significance a distance must also reach, shared by all the checks
     min_samples: int = 200
@@ -94,13 +117,38 @@ class FeatureStats:
     sumsq: float = 0.0
     tokens: int = 0  # text: tokens, and those outside the vocabulary
     oov: int = 0
+    sample: Reservoir | None = None  # text with a sketch: embeddings of sampled texts
 
     @property
     def present(self) -> int:
         return int(self.counts.sum())
 
     def __add__(self, other: FeatureStats) -> FeatureStats:
-        return FeatureStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        """Both windows' statistics; a reservoir merges with another, or is kept alone (the
+        sample of the rows that were embedded)."""
+        added = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in fields(self)
+            if f.name != "sample"
+        }
+        mine, theirs = self.sample, other.sample
+        sample = theirs if mine is None else mine if theirs is None else mine.merge(theirs)
+        return FeatureStats(**added, sample=sample)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["counts"] = self.counts.tolist()
+        data["sample"] = self.sample.to_dict() if self.sample is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureStats:
+        sample = data.get("sample")
+        return cls(
+            **{k: v for k, v in data.items() if k not in ("counts", "sample")},
+            counts=np.asarray(data["counts"], dtype=np.int64),
+            sample=Reservoir.from_dict(sample) if sample is not None else None,
+        )
 
 
 @dataclass
@@ -118,16 +166,28 @@ class WindowStats:
 
     @classmethod
     def from_batch(
-        cls, baseline: Baseline, batch: Batch, labels: Any = None, *, ts: Any = None
+        cls,
+        baseline: Baseline,
+        batch: Batch,
+        labels: Any = None,
+        *,
+        ts: Any = None,
+        ids: Any = None,
+        embedder: Embedder | None = None,
     ) -> WindowStats:
         """Bin ``batch`` (feature → values, one entry per row) against ``baseline``.
 
         A feature absent from ``batch`` counts as missing in every row; other columns are
-        ignored. ``labels`` are the predicted labels, ``ts`` the rows' unix times.
+        ignored. ``labels`` are the predicted labels, ``ts`` the rows' unix times, ``ids`` their
+        identities (JSON-ready, e.g. ``[inference_id, row]``: they key the text samples; none:
+        the texts alone do). ``embedder`` is the model's (``Embedder.for_version``): without
+        it, text features keep no sample and their embedding check is skipped.
         """
         rows = _rows(batch, labels, ts)
         features = {
-            name: _count(feature, batch[name], rows) if name in batch else _absent(feature, rows)
+            name: _count(feature, batch[name], rows, ids, embedder)
+            if name in batch
+            else _absent(feature, rows)
             for name, feature in baseline.features.items()
         }
         predictions: dict[str, int] = {}
@@ -143,8 +203,15 @@ class WindowStats:
         return cls(baseline.fingerprint, rows, features, predictions, start, end)
 
     @classmethod
-    def from_records(cls, baseline: Baseline, records: Iterable[Mapping[str, Any]]) -> WindowStats:
-        """Bin capture records (``{"input": {...}, "output": {"label": ...}, "ts": ...}``).
+    def from_records(
+        cls,
+        baseline: Baseline,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        embedder: Embedder | None = None,
+    ) -> WindowStats:
+        """Bin capture records (``{"inference_id": ..., "row": ..., "input": {...},
+        "output": {"label": ...}, "ts": ...}``); ``embedder`` as for ``from_batch``.
 
         Python-level work per value: ~1 s per 100,000 records of 50 features, where columnar
         batches take ~0.05 s; read Parquet captures as columns when volumes are large.
@@ -154,7 +221,8 @@ class WindowStats:
         batch = pd.DataFrame(inputs, columns=list(baseline.features), index=range(len(records)))
         labels = [(r.get("output") or {}).get("label") for r in records]
         ts = [r.get("ts") for r in records]
-        return cls.from_batch(baseline, batch, labels, ts=ts)
+        ids = [[r.get("inference_id"), r.get("row")] for r in records]
+        return cls.from_batch(baseline, batch, labels, ts=ts, ids=ids, embedder=embedder)
 
     def merge(self, *others: WindowStats) -> WindowStats:
         """The statistics of all these windows' rows together (a new window; none is changed)."""
@@ -178,19 +246,14 @@ class WindowStats:
         return merged
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["features"] = {
-            name: {**asdict(s), "counts": s.counts.tolist()} for name, s in self.features.items()
-        }
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["features"] = {name: s.to_dict() for name, s in self.features.items()}
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> WindowStats:
         data = json.loads(text)
-        data["features"] = {
-            name: FeatureStats(**{**s, "counts": np.asarray(s["counts"], dtype=np.int64)})
-            for name, s in data["features"].items()
-        }
+        data["features"] = {name: FeatureStats.from_dict(s) for name, s in data["features"].items()}
         return cls(**data)
 
 
@@ -326,6 +389,10 @@ def _feature(
             p = _chi2_pvalue([base.oov, base.tokens - base.oov], [cur.oov, cur.tokens - cur.oov])
             metrics.update(oov_rate=oov, baseline_oov_rate=base.oov_rate, oov_pvalue=p)
             dist.append(_judge("oov rate change", abs(oov - base.oov_rate), t.oov, p, alpha))
+    if isinstance(base, TextBaseline) and base.sketch and cur.sample is not None:
+        judged = _embedding(base.sketch, cur.sample, t, alpha, metrics)
+        if judged is not None and len(cur.sample) >= min(t.min_samples, SKETCH_ROWS):
+            dist.append(judged)
     bins.update(baseline=_rounded(base_counts), current=_rounded(cur.counts))
     if present >= t.min_samples:
         found += dist
@@ -368,6 +435,23 @@ def _binned(
         _judge(f"{prefix}psi", psi, t.psi, p_chi2, alpha),
         _judge(f"{prefix}ks", ks, t.ks, p_ks, alpha),
     ]
+
+
+def _embedding(
+    sketch: dict[str, Any], sample: Reservoir, t: Thresholds, alpha: float, metrics: dict
+) -> tuple[float, str | None] | None:
+    """The domain classifier's verdict on a window's text sample; None without enough vectors."""
+    reference = sketch_vectors(sketch)
+    n = min(len(reference), len(sample))
+    if n < FOLDS or reference.shape[1] != sample.vectors.shape[1]:
+        return None
+    auc = domain_auc(reference, sample.vectors, seed=int(sketch.get("seed", 0)))
+    p = auc_pvalue(auc, n)
+    metrics.update(embedding_auc=auc, embedding_pvalue=p, embedding_samples=n)
+    score = max(0.0, auc - 0.5) / max(t.text_auc - 0.5, 1e-9)
+    if auc > t.text_auc and p < alpha:
+        return score, f"embedding auc {auc:.3g} > {t.text_auc:g} (p={p:.2g}, {n} vs {n} texts)"
+    return score, None
 
 
 def _judge(
@@ -433,7 +517,9 @@ def _fold(counts: np.ndarray) -> np.ndarray:
     return np.concatenate([[counts[0] + counts[1]], counts[2:-2], [counts[-2] + counts[-1]]])
 
 
-def _count(feature: FeatureBaseline, values: Any, rows: int) -> FeatureStats:
+def _count(
+    feature: FeatureBaseline, values: Any, rows: int, ids: Any, embedder: Embedder | None
+) -> FeatureStats:
     if len(values) != rows:
         raise TidalError(f"batch columns differ in length ({len(values)} and {rows} rows)")
     if isinstance(feature, NumericBaseline):
@@ -442,7 +528,14 @@ def _count(feature: FeatureBaseline, values: Any, rows: int) -> FeatureStats:
     if isinstance(feature, CategoricalBaseline):
         return FeatureStats(*count_categories(feature.index, values))
     t = count_text(feature.edges_array, feature.vocabulary_set, values)
-    return FeatureStats(t.counts, t.missing, tokens=t.tokens, oov=t.oov)
+    sample = None
+    if embedder is not None and feature.sketch:
+        texts = pd.Series(np.asarray(values, dtype=object).ravel())
+        present = texts.notna().to_numpy()
+        kept = None if ids is None else [i for i, p in zip(ids, present, strict=True) if p]
+        seed = int(feature.sketch["seed"])
+        sample = Reservoir.of(embedder, texts[present].astype(str).tolist(), kept, seed=seed)
+    return FeatureStats(t.counts, t.missing, tokens=t.tokens, oov=t.oov, sample=sample)
 
 
 def _absent(feature: FeatureBaseline, rows: int) -> FeatureStats:

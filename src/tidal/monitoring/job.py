@@ -1,9 +1,11 @@
 """The monitoring job: new captured traffic → windows per model version → drift reports.
 
 Each model version gets its baseline when it is registered (``build_baseline``,
-``save_baseline``). ``MonitorJob.run_once`` then reads only the capture objects it has not read
+``save_baseline``); a text model's baseline holds a sketch of its own embeddings of the
+training texts. ``MonitorJob.run_once`` then reads only the capture objects it has not read
 before, bins their records per model version and window period against that version's
-baseline, adds them to the stored windows and judges the newest window touched:
+baseline (embedding a sample of the texts with the version's deployed model folder, when the
+baseline has a sketch), adds them to the stored windows and judges the newest window touched:
 
     _tidal/baselines/v<version>.json                   Baseline.to_json
     _tidal/monitor/v<version>/window-<start>.json      the window's statistics and its objects
@@ -18,7 +20,9 @@ twice when it runs again.
 
 A drifted report records a ``drift`` event (once per version and window, not on every run)
 and sends a ``drift`` alert keyed ``drift-v<version>`` (the alerter de-duplicates repeats).
-Records of a version without a baseline are counted and reported as ``no_baseline``.
+Records of a version without a baseline are counted and reported as ``no_baseline``. When a
+sketched version's model folder is gone (or unreadable), its texts are binned without a sample,
+the embedding check is skipped, and a warning is logged once per job: never a failed run.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from tidal.errors import NotFound
-from tidal.monitoring.baseline import Baseline
+from tidal.errors import NotFound, TidalError
+from tidal.monitoring.baseline import Baseline, TextBaseline
 from tidal.monitoring.drift import DriftReport, Status, Thresholds, WindowStats, compare
+from tidal.monitoring.embedding import Embedder
 from tidal.serving.capture import CAPTURE_PREFIX
 from tidal.workspace import META
 
@@ -77,15 +82,23 @@ def build_baseline(
     frame: pd.DataFrame,
     manifest: Manifest,
     predictions: Sequence[Any] | None = None,
+    model_dir: Path | None = None,
 ) -> Baseline:
     """The baseline of a model with ``manifest`` trained on ``frame``.
 
     ``predictions`` are the model's predicted labels on the holdout (see
-    ``holdout_predictions``); the text features follow the workspace's ``data`` section.
+    ``holdout_predictions``); the text features follow the workspace's ``data`` section. With
+    text features, the model in ``model_dir`` (a Hugging Face text model; others have none)
+    embeds the sketch of each.
     """
-    return Baseline.from_frame(
-        frame, manifest.features, predictions, text=text_features(ws, manifest)
-    )
+    text = text_features(ws, manifest)
+    embedder = None
+    if text and model_dir is not None:
+        try:
+            embedder = Embedder.load(model_dir)
+        except TidalError as exc:
+            log.warning("baseline without an embedding sketch: %s", exc)
+    return Baseline.from_frame(frame, manifest.features, predictions, text=text, embedder=embedder)
 
 
 def training_frame(ws: Workspace, train_uris: Sequence[str]) -> pd.DataFrame:
@@ -130,7 +143,7 @@ def baseline_for_run(
     manifest = Manifest.from_json((model_dir / MANIFEST).read_text(encoding="utf-8"))
     frame = training_frame(ws, prepared["train_uris"])
     predictions = holdout_predictions(ws, model_dir, manifest_sha256)
-    return build_baseline(ws, frame, manifest, predictions)
+    return build_baseline(ws, frame, manifest, predictions, model_dir)
 
 
 def save_baseline(ws: Workspace, version: str, baseline: Baseline) -> str:
@@ -186,6 +199,7 @@ class MonitorJob:
         self.model = ws.model_name
         self.source = f"monitor:{self.model}"
         self.prefix = f"{CAPTURE_PREFIX}/{self.model}"
+        self._unembedded: set[str] = set()  # versions whose embedder is missing, warned once
 
     def run_once(self, now: float | None = None) -> dict[str, Any]:
         """Read the new capture objects, update the windows, judge them; a JSON-ready summary.
@@ -255,8 +269,10 @@ class MonitorJob:
             for record in rows:
                 start = self._period(record.get("ts"), now)
                 periods.setdefault(start, {}).setdefault(key, []).append(record)
+        embedder = self._embedder(version, baseline)
         windows = {
-            start: self._merge(version, baseline, start, parts) for start, parts in periods.items()
+            start: self._merge(version, baseline, start, parts, embedder)
+            for start, parts in periods.items()
         }
         start = max(windows)
         report = compare(baseline, windows[start].stats, self.thresholds)
@@ -268,6 +284,7 @@ class MonitorJob:
         baseline: Baseline,
         start: float,
         parts: dict[str, list[dict[str, Any]]],
+        embedder: Embedder | None = None,
     ) -> _Window:
         key = self._window_key(version, start)
         try:
@@ -280,10 +297,34 @@ class MonitorJob:
         fresh = [rows for name, rows in parts.items() if name not in done]
         if not fresh:
             return window
-        added = WindowStats.from_records(baseline, [r for rows in fresh for r in rows])
+        rows = [r for part in fresh for r in part]
+        added = WindowStats.from_records(baseline, rows, embedder=embedder)
         window = _Window(window.stats.merge(added), window.objects + sorted(set(parts) - done))
         self.ws.store.put_bytes(key, window.to_json().encode())
         return window
+
+    def _embedder(self, version: str, baseline: Baseline) -> Embedder | None:
+        """The version's embedder when its baseline has a text sketch; None (warned once per
+        job) when the model folder is missing or unreadable."""
+        sketched = any(isinstance(f, TextBaseline) and f.sketch for f in baseline.features.values())
+        if not sketched:
+            return None
+        try:
+            embedder = Embedder.for_version(self.ws, version)
+            problem = None if embedder is not None else "no model folder of it was found"
+        except (TidalError, OSError) as exc:
+            embedder, problem = None, str(exc)
+        if problem and version not in self._unembedded:
+            self._unembedded.add(version)
+            log.warning(
+                "%s v%s: text embedding drift skipped: %s (deploy or download the version "
+                "into .tidal/models/v%s to check it)",
+                self.model,
+                version,
+                problem,
+                version,
+            )
+        return embedder
 
     def _report(
         self, version: str, report: DriftReport, start: float, records: int, now: float

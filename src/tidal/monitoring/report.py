@@ -247,6 +247,8 @@ def distribution_svg(feature: dict[str, Any], version: str) -> str:
         xlabel = "category"
     elif feature["kind"] == "text":
         numbers = f"PSI {_num(m.get('length_psi'))} · KS {_num(m.get('length_ks'))}"
+        if m.get("embedding_auc") is not None:
+            numbers += f" · embedding AUC {_num(m.get('embedding_auc'))}"
         xlabel = "tokens per text (bin)"
     else:
         numbers = f"PSI {_num(m.get('psi'))} · KS {_num(m.get('ks'))}"
