@@ -97,8 +97,52 @@ def test_an_alarm_with_enough_labels_retrains_through_the_gate(ws: Workspace) ->
     )
 
 
-def test_budgets_and_cooldown_are_checked_in_order(ws: Workspace) -> None:
+@pytest.fixture
+def bare(tmp_path: Path) -> Workspace:
+    """A workspace whose schema is known (x, color → label), with no model trained."""
+    from tidal.data.schema import infer_schema
+    from tidal.pipeline import SCHEMA_KEY
+    from toy import traffic_answers, traffic_rows
+
+    (tmp_path / "tidal.yaml").write_text("project: toy\n", encoding="utf-8")
+    ws = Workspace.open(tmp_path)
+    rows = traffic_rows(50, seed=0)
+    frame = pd.DataFrame(rows).assign(label=[a["label"] for a in traffic_answers(rows)])
+    ws.store.put_bytes(SCHEMA_KEY, infer_schema(frame, ws.config.data).to_json().encode())
+    return ws
+
+
+def test_labelled_rows_join_late_labels_to_the_served_inputs(bare: Workspace) -> None:
+    from tidal.monitoring.feedback import FeedbackStore
+    from tidal.monitoring.policy import labelled_rows
+    from tidal.serving.capture import CAPTURE_PREFIX, CaptureWriter
+    from toy import traffic_answers, traffic_rows
+
+    served = traffic_rows(4, seed=3)
+    writer = CaptureWriter(bare.store, CAPTURE_PREFIX, flush_interval_s=60.0)
+    writer.offer("toy", "1", "default", "req-1", 1.0, served, traffic_answers(served))
+    assert writer.flush()
+    writer.close()
+    feedback = FeedbackStore(bare.store)
+    feedback.add([{"inference_id": "req-1", "row": 0, "label": "low"}])
+    feedback.add([
+        {"inference_id": "req-1", "row": 0, "label": "high"},  # later: this label wins
+        {"inference_id": "req-1", "row": 1, "label": "medium"},  # not a class of the schema
+        {"inference_id": "req-1", "row": 3, "label": "low"},
+        {"inference_id": "never-served", "label": "low"},  # no input to train on
+    ])  # fmt: skip
+
+    found = labelled_rows(bare)
+
+    assert found.rows == [served[0] | {"label": "high"}, served[3] | {"label": "low"}]
+    assert found.unusable == 1
+    assert found.since(None) == 2 and found.since(max(found.received_at)) == 0
+
+
+def test_budgets_and_cooldown_are_checked_in_order(bare: Workspace) -> None:
     from tidal.monitoring.policy import Alarm, _decide
+
+    ws = bare
 
     alarms = [Alarm("drift", "1", SHIFTED)]
     now = time.time()
