@@ -392,6 +392,22 @@ def _summary(versions: list[_Version], quality: dict[str, Any] | None) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _decisions(ws: Workspace) -> str:
+    """The retrain policy's latest decisions, newest first."""
+    found = ws.state.retrain_decisions(ws.model_name, limit=10)
+    if not found:
+        return "<p>No decision yet: the policy decides while a drift or quality alarm stands.</p>"
+    head = "<tr><th>when</th><th>action</th><th>reason</th><th>why</th><th>run</th></tr>"
+    rows = [
+        f"<tr><td>{_e(_when(d.get('last_at') or d['at'], '%Y-%m-%d %H:%M:%S'))}</td>"
+        f"<td class='{'drifted' if d['action'] == 'retrain' else ''}'>{_e(d['action'])}</td>"
+        f"<td>{_e(d['reason'])}{' ×' + str(d['repeats']) if d.get('repeats', 1) > 1 else ''}</td>"
+        f"<td>{_e(d['message'])}</td><td>{_e(d.get('run_id') or '—')}</td></tr>"
+        for d in found
+    ]
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
 STYLE = f"""
 body {{ font-family: {FONT}; margin: 24px auto; max-width: {WIDTH + 40}px; color: #222; }}
 h1 {{ margin-bottom: 4px; }} .meta {{ color: #555; margin-top: 0; }}
@@ -523,7 +539,9 @@ def write_report(ws: Workspace, out: Path, *, now: float | None = None) -> dict[
         f"<h1>{_e(model)}: monitoring report</h1>"
         f"<p class='meta'>versions: {_e(names)} · generated {_e(_when(now, '%Y-%m-%d %H:%M:%S'))}"
         f" · {len(records)} captured rows</p><h2>Summary</h2>{_summary(versions, quality)}"
-        "<h2>Plots</h2>" + "".join(f"<figure>{f}</figure>" for f in figures) + "</body></html>"
+        f"<h2>Retrain decisions</h2>{_decisions(ws)}<h2>Plots</h2>"
+        + "".join(f"<figure>{f}</figure>" for f in figures)
+        + "</body></html>"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
