@@ -175,9 +175,11 @@ def _say_drift(say: Any, ws: Any, version: str, drift: dict[str, Any]) -> None:
     for feature in sorted(drifted, key=lambda f: -(f.get("score") or 0.0))[:3]:
         metrics = feature.get("metrics") or {}
         shown = ", ".join(
-            f"{name} {value:.3f}"
+            f"{name} {value:.3g}"
             for name, value in metrics.items()
-            if isinstance(value, float) and not name.startswith("baseline") and "pvalue" not in name
+            if isinstance(value, float)
+            and not name.startswith(("baseline", "missing"))
+            and "pvalue" not in name
         )
         say(f"    {feature['name']}: {shown}", highlight=False)
 
