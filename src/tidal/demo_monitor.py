@@ -9,7 +9,7 @@ feature recalibrated by +50%; sentiment: debate statements among unseen movie re
    training baseline, live quality from the labels, and the retrain policy's decision;
 4. the retrain the policy queued (the labelled rows and every accepted training set before them)
    goes through the gate against the champion;
-5. a promoted retrain goes out as a canary (25% of traffic, then 100%, each baked for a few
+5. a promoted retrain goes out as a canary (50% of traffic, then 100%, each baked for ten
    seconds) while traffic keeps flowing, watched by the rollout alarms.
 
 The act's settings are demo-sized (``ACT``): windows as long as the demo, a policy that needs
@@ -31,13 +31,14 @@ from rich.console import Console
 from tidal.errors import TidalError
 
 BATCH = 32  # rows per request
+SENDERS = 2  # clients sending during the canary: p99 needs 100 requests per variant and bake
 MIN_SAMPLES = 100  # drift: rows a window needs (fewer when the traffic file is smaller)
 MIN_ROWS = 500  # retrain: labelled rows needed (fewer when the traffic file holds fewer)
 CANARY: dict[str, Any] = {
     "strategy": "canary",
-    "canary_percent": 25.0,
-    "bake_s": 5.0,
-    "window_s": 5.0,
+    "canary_percent": 50.0,
+    "bake_s": 10.0,
+    "window_s": 10.0,
     "min_samples": 20,
     "max_prediction_shift": None,
     "termination_wait_s": 5.0,
@@ -189,8 +190,12 @@ def _canary(ws: Any, url: str, instances: list[dict[str, Any]], say: Any) -> dic
     from tidal.rollout.manager import watch
 
     stop = threading.Event()
-    sender = threading.Thread(target=_keep_serving, args=(url, instances, stop), daemon=True)
-    sender.start()
+    senders = [
+        threading.Thread(target=_keep_serving, args=(url, instances[i:], stop), daemon=True)
+        for i in range(SENDERS)
+    ]
+    for sender in senders:
+        sender.start()
 
     def told(rollout: dict[str, Any]) -> None:
         traffic = rollout.get("traffic")
@@ -205,7 +210,8 @@ def _canary(ws: Any, url: str, instances: list[dict[str, Any]], say: Any) -> dic
         ended = watch(ws, threading.Event(), interval_s=0.25, until_done=True, on_change=told)
     finally:
         stop.set()
-        sender.join(timeout=10)
+        for sender in senders:
+            sender.join(timeout=10)
     if ended is not None and ended.get("reason"):
         say(f"  {ended['status']}: {ended['reason']}", highlight=False)
     champion = ws.state.current_deployment(ws.model_name)
@@ -214,7 +220,7 @@ def _canary(ws: Any, url: str, instances: list[dict[str, Any]], say: Any) -> dic
 
 
 def _keep_serving(url: str, instances: list[dict[str, Any]], stop: threading.Event) -> None:
-    """One row a request, round and round, about 50 requests a second, until ``stop``."""
+    """One row a request, round and round, up to 50 requests a second, until ``stop``."""
     import httpx
 
     with httpx.Client(base_url=url, timeout=30) as http:
