@@ -172,7 +172,10 @@ def test_a_candidate_five_times_slower_is_rolled_back(ws: Workspace, endpoint: s
 def test_a_good_candidate_is_promoted_after_its_linear_steps(ws: Workspace, endpoint: str) -> None:
     good = register_toy_model(ws, 4, "good")
     with Traffic(endpoint) as traffic:
-        config = rollout_config(bake_s=3.0, linear_step_percent=50.0, max_p99_ratio=3.0)
+        # p99 of ~100 requests is their second slowest: one 10 ms hiccup of a 2-core machine
+        # under a full suite made a good candidate 4x its baseline once; the p99 alarm itself
+        # is proven by the slow candidate's test
+        config = rollout_config(bake_s=3.0, linear_step_percent=50.0, max_p99_ratio=8.0)
         Manager(ws).start(good, strategy="linear", config=config)
         ended = drive(ws)
         time.sleep(0.8)
