@@ -49,7 +49,7 @@ from typing import Any
 import psutil
 from peers.harness import Server, Spec, command, get, running, wrk
 from peers.install import ensure_wrk
-from serving_bench import BIN, RESULTS, deploy, machine
+from serving_bench import BIN, RESULTS, deploy, machine, save
 
 CONFIGS = {
     "A": "capture off (`capture_sample_rate` 0)",
@@ -573,14 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("B", "C")
     ]
     report["seconds"] = round(time.monotonic() - started, 1)
-    text = markdown(report)
-    print()
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"monitoring-{datetime.now():%Y-%m-%d-%H%M}"
-    stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written: {stem}.md, {stem}.json ({report['seconds']:.0f} s)")
+    save(report, markdown(report), args.out, "monitoring")
     return 0
 
 

@@ -559,15 +559,19 @@ def main(argv: list[str] | None = None) -> int:
     report["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     report["goals"] = goals(report)
     report["seconds"] = round(time.monotonic() - started, 1)
-    text = markdown(report)
+    save(report, markdown(report), args.out, "serving", "-quick" if quick else "")
+    return 0
+
+
+def save(report: dict[str, Any], text: str, out: Path, name: str, suffix: str = "") -> None:
+    """Print ``text``; write it and ``report`` as ``out/<name>-<date><suffix>.{md,json}``."""
     print()
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"serving-{datetime.now():%Y-%m-%d-%H%M}{'-quick' if quick else ''}"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{name}-{datetime.now():%Y-%m-%d-%H%M}{suffix}"
     stem.with_suffix(".md").write_text(text)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"written: {stem}.md, {stem}.json ({report['seconds']:.0f} s)")
-    return 0
 
 
 if __name__ == "__main__":
