@@ -3,6 +3,7 @@ join late labels, and let the retrain policy decide on the alarms that stand."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -139,26 +140,13 @@ def monitor_forever(ws: Any, stop: Any) -> None:
 
 def live_quality(ws: Any, *, window_s: float = 3600.0) -> dict[str, Any]:
     """Late labels (POST /feedback, files dropped in <storage>/feedback/) joined to the
-    captured predictions: accuracy and macro-F1 per version. Reads every capture file: the
-    incremental join is still to come."""
-    from tidal.monitoring.feedback import FeedbackStore, join
-    from tidal.monitoring.job import CAPTURE_PREFIX
-    from tidal.serving.capture import read_capture
+    captured predictions: accuracy and macro-F1 per version. Incremental: a pass reads the new
+    labels and the capture hours their ids name (``tidal.monitoring.labels``)."""
+    from tidal.monitoring.labels import quality_report, sync
 
-    feedback = FeedbackStore(ws.store)
-    feedback.ingest_dropped()
-    labels = feedback.labels()
-    if not labels:
-        return {
-            "labels": 0,
-            "matched": 0,
-            "unmatched": 0,
-            "totals": [],
-            "windows": [],
-            "alarms": [],
-        }
-    joined = join(read_capture(ws.store, CAPTURE_PREFIX, ws.model_name), labels, window_s=window_s)
-    report: dict[str, Any] = joined.to_dict()
+    synced = sync(ws)
+    joined = quality_report(ws, window_s=window_s)
+    report: dict[str, Any] = joined.to_dict() | {"read": asdict(synced)}
     settings = ws.config.monitoring
     report["alarms"] = [
         a.to_dict()

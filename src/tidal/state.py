@@ -3,7 +3,8 @@
 Tables: ``runs`` (the queue and each run's state), ``steps`` (each completed step's output, so a
 run resumes after its last completed step), ``cursors`` and ``seen`` (what the polling trigger
 has already queued), ``deployments`` (which version serves, in order), ``rollouts`` and
-``variant_stats``, ``retrain_decisions`` (the retrain policy's) and ``events`` (an audit log that
+``variant_stats``, ``retrain_decisions`` (the retrain policy's), ``labels`` (late labels and
+the predictions they joined, ``tidal.monitoring.labels``) and ``events`` (an audit log that
 ``tidal status`` shows).
 
 A run is unique per (model, sha256 of its object): queueing the same bytes twice returns the
@@ -98,6 +99,18 @@ CREATE TABLE IF NOT EXISTS retrain_decisions(
   doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS retrain_decisions_model ON retrain_decisions(model, id);
+CREATE TABLE IF NOT EXISTS labels(
+  model TEXT NOT NULL,
+  inference_id TEXT NOT NULL,
+  row INTEGER NOT NULL,
+  label TEXT NOT NULL,
+  received_at REAL NOT NULL,
+  replaced INTEGER NOT NULL DEFAULT 0,
+  status TEXT NOT NULL,
+  version TEXT, variant TEXT, ts REAL, predicted TEXT, input TEXT,
+  PRIMARY KEY(model, inference_id, row)
+);
+CREATE INDEX IF NOT EXISTS labels_status ON labels(model, status);
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   ts REAL NOT NULL,

@@ -217,7 +217,7 @@ class MonitorJob:
         by_version: dict[str, dict[str, list[dict[str, Any]]]] = {}
         records = 0
         for info in new:
-            for record in _read(store, info.key):
+            for record in read_records(store, info.key):
                 records += 1
                 version = str(record.get("version"))
                 by_version.setdefault(version, {}).setdefault(info.key, []).append(record)
@@ -387,7 +387,7 @@ class MonitorJob:
         return f"{MONITOR}/v{version}/report-latest.json"
 
 
-def _read(store: Store, key: str) -> Iterator[dict[str, Any]]:
+def read_records(store: Store, key: str) -> Iterator[dict[str, Any]]:
     """The records of one capture object (JSON Lines or Parquet); other objects have none."""
     if key.endswith(".jsonl"):
         for line in store.get_bytes(key).splitlines():

@@ -214,35 +214,27 @@ def _decide(ws: Workspace, alarms: list[Alarm], now: float) -> RetrainDecision:
 
 def labelled_rows(ws: Workspace) -> LabelledRows:
     """Every late label joined to the captured input it labels (latest label per row wins)."""
-    from tidal.monitoring.feedback import FeedbackStore, label_text
+    from tidal.monitoring.feedback import label_text
+    from tidal.monitoring.labels import matched_rows, sync
     from tidal.pipeline import load_schema
-    from tidal.serving.capture import CAPTURE_PREFIX, read_capture
 
+    sync(ws)
     schema = load_schema(ws)
-    feedback = FeedbackStore(ws.store)
-    feedback.ingest_dropped()
-    latest: dict[tuple[str, int], Any] = {}
-    for label in sorted(feedback.labels(), key=lambda x: x.get("received_at") or 0.0):
-        latest[(str(label["inference_id"]), int(label.get("row", 0)))] = label
-    if schema is None or not latest:
+    if schema is None:
         return LabelledRows([], [])
     names = schema.feature_names
     classes = {label_text(c): c for c in schema.labels}
-    joined: list[tuple[float, dict[str, Any]]] = []
+    rows: list[dict[str, Any]] = []
+    received: list[float] = []
     unusable = 0
-    for record in read_capture(ws.store, CAPTURE_PREFIX, ws.model_name):
-        label = latest.pop((str(record.get("inference_id")), int(record.get("row", 0))), None)
-        if label is None:
-            continue
-        given = record.get("input") or {}
-        value = classes.get(label_text(label["label"]))
+    for given, label, received_at in matched_rows(ws):
+        value = classes.get(label_text(label))
         if value is None or any(name not in given for name in names):
             unusable += 1
             continue
-        row = {name: given[name] for name in names} | {schema.label_column: value}
-        joined.append((float(label.get("received_at") or 0.0), row))
-    joined.sort(key=lambda pair: pair[0])
-    return LabelledRows([r for _, r in joined], [t for t, _ in joined], unusable)
+        rows.append({name: given[name] for name in names} | {schema.label_column: value})
+        received.append(received_at)
+    return LabelledRows(rows, received, unusable)
 
 
 def decisions(ws: Workspace, *, limit: int = 20) -> list[RetrainDecision]:

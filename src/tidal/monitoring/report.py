@@ -98,14 +98,12 @@ def _version_key(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (1 << 62, version)
 
 
-def _quality(ws: Workspace, records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    from tidal.monitoring.feedback import FeedbackStore, join
+def _quality(ws: Workspace) -> dict[str, Any] | None:
+    from tidal.monitoring.labels import quality_report, sync
 
-    labels = FeedbackStore(ws.store).labels()
-    if not labels or not records:
-        return None
-    result: dict[str, Any] = join(records, labels, window_s=WINDOW_S).to_dict()
-    return result
+    sync(ws)
+    report = quality_report(ws, window_s=WINDOW_S)
+    return report.to_dict() if report.labels else None
 
 
 def _latency(records: list[dict[str, Any]]) -> dict[str, list[tuple[float, float, float, int]]]:
@@ -435,7 +433,7 @@ def write_report(ws: Workspace, out: Path, *, now: float | None = None) -> dict[
         records = list(read_capture(ws.store, CAPTURE_PREFIX, ws.model_name))
     except NotFound:
         records = []
-    quality = _quality(ws, records)
+    quality = _quality(ws)
     latency = _latency(records)
     figures: list[str] = []
     drawn: dict[str, bool] = {}

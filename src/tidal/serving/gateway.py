@@ -56,6 +56,7 @@ from tidal.artifact import Feature
 from tidal.config import ServingConfig
 from tidal.errors import ConfigError, InvalidInput
 from tidal.serving import auth, oip
+from tidal.serving.capture import new_inference_id
 from tidal.serving.inputs import MalformedPayload, Row, decode_csv, decode_json, decode_jsonlines
 from tidal.serving.pool import ModelRaised, WorkerFailed
 from tidal.serving.slot import Loaded, Router
@@ -253,7 +254,7 @@ class Gateway:
     ) -> Response:
         """The path every prediction route shares: concurrency limit, key, body, the variant's
         backend, metrics and capture; ``parse`` and ``render`` are the protocol's own."""
-        inference_id = uuid.uuid4().hex
+        inference_id = new_inference_id()
         started = time.perf_counter()
         labels = ("", "", "")
         if self.in_flight >= self.config.max_concurrency:

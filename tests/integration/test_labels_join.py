@@ -1,0 +1,93 @@
+"""The incremental label join: a pass reads the new labels and the capture hours they name."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tidal.monitoring.feedback import FeedbackStore
+from tidal.monitoring.labels import quality_report, sync
+from tidal.serving.capture import CAPTURE_PREFIX, CaptureWriter, inference_time, new_inference_id
+from tidal.workspace import Workspace
+from toy import traffic_answers, traffic_rows
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    (tmp_path / "tidal.yaml").write_text("project: toy\n", encoding="utf-8")
+    return Workspace.open(tmp_path)
+
+
+def serve(ws: Workspace, at: float, requests: int) -> list[str]:
+    """Capture ``requests`` two-row requests made at ``at``, one object each; their ids."""
+    ids = []
+    writer = CaptureWriter(ws.store, CAPTURE_PREFIX, flush_interval_s=60.0, clock=lambda: at)
+    for i in range(requests):
+        rows = traffic_rows(2, seed=i)
+        ids.append(new_inference_id(at))
+        writer.offer("toy", "1", "default", ids[-1], 1.0, rows, traffic_answers(rows))
+        assert writer.flush()
+    writer.close()
+    return ids
+
+
+def test_ids_name_their_time_and_sort_by_it() -> None:
+    earlier, later = new_inference_id(1_700_000_000.0), new_inference_id(1_700_000_000.5)
+    assert inference_time(earlier) == 1_700_000_000.0 and earlier < later
+    assert len(earlier) == 32 and earlier[12] == "7"  # the UUIDv7 layout
+    assert inference_time("9f0c" * 8) is None  # a uuid4 hex: no time in it
+
+
+def test_a_pass_reads_only_the_hours_its_new_labels_name(ws: Workspace) -> None:
+    now = time.time()
+    old = serve(ws, now - 10 * 3600, 5)  # ten hours ago: 5 objects
+    recent = serve(ws, now, 3)  # this hour: 3 objects
+    feedback = FeedbackStore(ws.store)
+    feedback.add([{"inference_id": i, "row": 1, "label": "high"} for i in recent])
+
+    first = sync(ws)
+    assert (first.labels, first.matched, first.objects) == (3, 3, 3)  # the 5 old ones unread
+    assert not first.full_scan
+    again = sync(ws)
+    assert (again.labels, again.matched, again.objects) == (0, 0, 0)  # nothing new: no reading
+
+    # a label of the old hour, for a row never served: looked for once, then unmatched for good
+    feedback.add([{"inference_id": old[0], "row": 0, "label": "low"},
+                  {"inference_id": old[1], "row": 7, "label": "low"}])  # fmt: skip
+    third = sync(ws)
+    assert (third.labels, third.matched, third.objects) == (2, 1, 5)
+    assert sync(ws).objects == 0
+
+    # a corrected label replaces the first one: counted, and the latest wins
+    feedback.add([{"inference_id": recent[0], "row": 1, "label": "low"}])
+    sync(ws)
+    report = quality_report(ws, window_s=3600)
+    assert (report.labels, report.duplicates, report.matched, report.unmatched) == (6, 1, 4, 1)
+    (total,) = report.totals
+    predicted = {(recent[i], 1): traffic_answers(traffic_rows(2, seed=i))[1]["label"]
+                 for i in range(3)}  # fmt: skip
+    predicted[(old[0], 0)] = traffic_answers(traffic_rows(2, seed=0))[0]["label"]
+    given = {(recent[0], 1): "low", (recent[1], 1): "high", (recent[2], 1): "high",
+             (old[0], 0): "low"}  # fmt: skip
+    assert total.samples == 4
+    assert total.correct == sum(predicted[key] == label for key, label in given.items())
+
+
+def test_labels_of_ids_without_a_time_are_looked_for_in_all_traffic_once(
+    ws: Workspace,
+) -> None:
+    now = time.time()
+    serve(ws, now - 3 * 3600, 2)
+    writer = CaptureWriter(ws.store, CAPTURE_PREFIX, flush_interval_s=60.0)
+    rows = traffic_rows(1, seed=9)
+    writer.offer("toy", "1", "default", "legacy-id", 1.0, rows, traffic_answers(rows))
+    assert writer.flush()
+    writer.close()
+    FeedbackStore(ws.store).add([{"inference_id": "legacy-id", "label": "high"},
+                                 {"inference_id": "never-served", "label": "high"}])  # fmt: skip
+
+    found = sync(ws)
+    assert found.full_scan and found.objects == 3 and found.matched == 1
+    assert sync(ws).objects == 0  # the unmatched one is not looked for again
