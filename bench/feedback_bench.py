@@ -75,10 +75,11 @@ def product_pass(captured: list[dict[str, Any]], labels: list[dict[str, Any]]) -
         root = Path(folder)
         (root / "tidal.yaml").write_text("project: sentiment\n", encoding="utf-8")
         ws = Workspace.open(root)
-        clock = iter([r["ts"] for r in captured])
+        at = [captured[0]["ts"]]  # the capture clock: each record's own time
         writer = CaptureWriter(ws.store, CAPTURE_PREFIX, flush_interval_s=3600.0,
-                               clock=lambda: next(clock))  # fmt: skip
+                               clock=lambda: at[0])  # fmt: skip
         for r in captured:
+            at[0] = r["ts"]
             writer.offer(r["model"], r["version"], r["variant"], r["inference_id"], 2.0,
                          [r["input"]], [r["output"]])  # fmt: skip
         assert writer.flush()

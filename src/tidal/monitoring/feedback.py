@@ -379,9 +379,6 @@ def join(
     merged = distinct.merge(captured, on=keys, how="left", indicator=True)
     found = merged["_merge"] == "both"
     unmatched = merged.loc[~found, "inference_id"]
-    matched = merged.loc[found].copy()
-    matched["window_start"] = (matched["ts"] // window_s) * window_s
-    matched["correct"] = matched["label"] == matched["predicted"]
     report = QualityReport(
         window_s=window_s,
         labels=len(given),
@@ -390,6 +387,15 @@ def join(
         unmatched=len(unmatched),
         unmatched_examples=unmatched.head(10).tolist(),
     )
+    return score(report, merged.loc[found].copy())
+
+
+def score(report: QualityReport, matched: pd.DataFrame) -> QualityReport:
+    """``report`` with its groups: ``matched`` has one row per labelled prediction, with the
+    columns model, version, variant, ts, label and predicted (labels as ``label_text``)."""
+    window_s = report.window_s
+    matched["window_start"] = (matched["ts"] // window_s) * window_s
+    matched["correct"] = matched["label"] == matched["predicted"]
     report.totals = _groups(matched, GROUP, None)
     report.windows = _groups(matched, [*GROUP, "window_start"], window_s)
     return report

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from tidal.monitoring.feedback import FeedbackStore, QualityReport, join
+import orjson
+
+from tidal.monitoring.feedback import FeedbackStore, QualityReport, label_text, score
 from tidal.monitoring.job import LATE_S, read_records
 from tidal.serving.capture import CAPTURE_PREFIX, inference_time
 
@@ -48,119 +50,115 @@ class SyncResult:
 
 
 def sync(ws: Workspace, *, now: float | None = None) -> SyncResult:
-    """Take in new labels and join the pending ones (see the module docstring)."""
+    """Take in new labels and join them and the pending ones (see the module docstring)."""
     now = time.time() if now is None else now
     result = SyncResult()
-    result.labels = _take_in(ws)
-    pending = _pending(ws)
-    if not pending:
-        return result
-    timed: dict[float, list[tuple[str, int]]] = {}
-    untimed: list[tuple[str, int]] = []
-    for key, when in pending.items():
-        if when is None:
-            untimed.append(key)
-        else:
-            timed.setdefault(when // HOUR_S * HOUR_S, []).append(key)
+    new, replaced, objects = _new_labels(ws)
+    result.labels = len(new) + sum(replaced.values())
+    wanted = {key: inference_time(key[0]) for key in new} | _pending(ws)
     found: dict[tuple[str, int], dict[str, Any]] = {}
-    wanted = set(pending)
     read: set[str] = set()
-    for hour in sorted(timed):
+    hours = {when // HOUR_S * HOUR_S for when in wanted.values() if when is not None}
+    for hour in sorted(hours):
         for obj in _hour_objects(ws, hour) + _hour_objects(ws, hour + HOUR_S):
             if obj not in read:
                 read.add(obj)
                 _collect(read_records(ws.store, obj), wanted, found)
-    if untimed:
+    if any(when is None for when in wanted.values()):
         result.full_scan = True
         for info in ws.store.list(f"{CAPTURE_PREFIX}/{ws.model_name}"):
             if info.key not in read:
                 read.add(info.key)
                 _collect(read_records(ws.store, info.key), wanted, found)
     result.objects = len(read)
-    final = [
+    final = {
         key
-        for key, when in pending.items()
+        for key, when in wanted.items()
         if key not in found
         and (when is None or when // HOUR_S * HOUR_S + 2 * HOUR_S + LATE_S < now)
-    ]
-    _store(ws, found, final)
+    }
+    _store(ws, new, replaced, found, final)
+    if objects:
+        ws.state.mark_seen(f"labels:{ws.model_name}", objects, objects[-1][0])
     result.matched = len(found)
     return result
 
 
 def quality_report(ws: Workspace, *, window_s: float) -> QualityReport:
     """Live quality from the labels table: accuracy and macro-F1 per version (and window)."""
-    rows = _rows(ws, "SELECT * FROM labels WHERE model=?", (ws.model_name,))
-    captured = [
-        {
-            "inference_id": r["inference_id"],
-            "row": r["row"],
-            "ts": r["ts"],
-            "model": ws.model_name,
-            "version": r["version"],
-            "variant": r["variant"],
-            "output": {"label": json.loads(r["predicted"])},
-        }
-        for r in rows
-        if r["status"] == MATCHED
-    ]
-    given = [
-        {"inference_id": r["inference_id"], "row": r["row"], "label": json.loads(r["label"]),
-         "received_at": r["received_at"]}
-        for r in rows
-    ]  # fmt: skip
-    report = join(captured, given, window_s=window_s)
-    report.duplicates = sum(r["replaced"] for r in rows)
-    report.labels = len(rows) + report.duplicates
-    return report
+    import pandas as pd
+
+    if window_s <= 0:
+        raise ValueError(f"window_s must be > 0, got {window_s}")
+    with ws.state.tx() as db:
+        db.row_factory = None
+        counts = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(replaced), 0), COALESCE(SUM(status=?), 0)"
+            " FROM labels WHERE model=?",
+            (MATCHED, ws.model_name),
+        ).fetchone()
+        rows = db.execute(
+            "SELECT version, variant, ts, label, predicted FROM labels WHERE model=? AND status=?",
+            (ws.model_name, MATCHED),
+        ).fetchall()
+        missing = db.execute(
+            "SELECT inference_id FROM labels WHERE model=? AND status!=? LIMIT 10",
+            (ws.model_name, MATCHED),
+        ).fetchall()
+    distinct, replaced, matched = (int(x) for x in counts)
+    frame = pd.DataFrame.from_records(
+        rows, columns=["version", "variant", "ts", "label", "predicted"]
+    ).assign(model=ws.model_name)
+    report = QualityReport(
+        window_s=window_s,
+        labels=distinct + replaced,
+        duplicates=replaced,
+        matched=matched,
+        unmatched=distinct - matched,
+        unmatched_examples=[m[0] for m in missing],
+    )
+    return score(report, frame)
 
 
-def matched_rows(ws: Workspace) -> Iterator[tuple[dict[str, Any], Any, float]]:
-    """(input row, label, received_at) of every label joined to its prediction, oldest first."""
+def matched_rows(ws: Workspace) -> Iterator[tuple[dict[str, Any], str, float]]:
+    """(input row, label as text, received_at) of every label joined to its prediction, oldest
+    first (labels are kept as ``feedback.label_text`` says: 1, 1.0 and "1" are one class)."""
     for r in _rows(
         ws,
         "SELECT input, label, received_at FROM labels WHERE model=? AND status=?"
         " ORDER BY received_at",
         (ws.model_name, MATCHED),
     ):
-        yield json.loads(r["input"]), json.loads(r["label"]), r["received_at"]
+        yield json.loads(r["input"]), r["label"], r["received_at"]
 
 
 # -- steps ------------------------------------------------------------------------------------
 
 
-def _take_in(ws: Workspace) -> int:
-    """Read the label objects not read before into the table; the number of labels read."""
+def _new_labels(
+    ws: Workspace,
+) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[tuple[str, int], int], list[Any]]:
+    """The labels of the label objects not read before, the latest per (inference_id, row);
+    how many each replaced among them; and the objects, to mark read once stored."""
     feedback = FeedbackStore(ws.store)
     feedback.ingest_dropped()
     source = f"labels:{ws.model_name}"
-    new = [i for i in feedback.files() if not ws.state.is_seen(source, i.key, i.mtime, i.size)]
-    labels = [
-        json.loads(line)
-        for info in new
+    infos = [i for i in feedback.files() if not ws.state.is_seen(source, i.key, i.mtime, i.size)]
+    given = [
+        orjson.loads(line)
+        for info in infos
         for line in ws.store.get_bytes(info.key).splitlines()
         if line.strip()
     ]
-    labels.sort(key=lambda x: x.get("received_at") or 0.0)  # stable: the latest wins
-    with ws.state.tx() as db:
-        for x in labels:
-            db.execute(
-                "INSERT INTO labels(model, inference_id, row, label, received_at, status)"
-                " VALUES (?,?,?,?,?,?) ON CONFLICT(model, inference_id, row) DO UPDATE SET"
-                " label=excluded.label, received_at=excluded.received_at,"
-                " replaced=replaced+1",
-                (
-                    ws.model_name,
-                    str(x["inference_id"]),
-                    int(x.get("row", 0)),
-                    json.dumps(x["label"]),
-                    float(x.get("received_at") or time.time()),
-                    PENDING,
-                ),
-            )
-    if new:
-        ws.state.mark_seen(source, [(i.key, i.mtime, i.size) for i in new], new[-1].key)
-    return len(labels)
+    given.sort(key=lambda x: x.get("received_at") or 0.0)  # stable: the latest wins
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    replaced: dict[tuple[str, int], int] = {}
+    for x in given:
+        key = (str(x["inference_id"]), int(x.get("row", 0)))
+        if key in latest:
+            replaced[key] = replaced.get(key, 0) + 1
+        latest[key] = x
+    return latest, replaced, [(i.key, i.mtime, i.size) for i in infos]
 
 
 def _pending(ws: Workspace) -> dict[tuple[str, int], float | None]:
@@ -181,7 +179,7 @@ def _hour_objects(ws: Workspace, hour: float) -> list[str]:
 
 def _collect(
     records: Iterable[dict[str, Any]],
-    wanted: set[tuple[str, int]],
+    wanted: Container[tuple[str, int]],
     found: dict[tuple[str, int], dict[str, Any]],
 ) -> None:
     for record in records:
@@ -191,29 +189,52 @@ def _collect(
 
 
 def _store(
-    ws: Workspace, found: dict[tuple[str, int], dict[str, Any]], final: list[tuple[str, int]]
+    ws: Workspace,
+    new: dict[tuple[str, int], dict[str, Any]],
+    replaced: dict[tuple[str, int], int],
+    found: dict[tuple[str, int], dict[str, Any]],
+    final: set[tuple[str, int]],
 ) -> None:
-    with ws.state.tx() as db:
-        for (inference_id, row), r in found.items():
-            db.execute(
-                "UPDATE labels SET status=?, version=?, variant=?, ts=?, predicted=?, input=?"
-                " WHERE model=? AND inference_id=? AND row=?",
-                (
-                    MATCHED,
-                    str(r.get("version", "")),
-                    r.get("variant") or "default",
-                    r.get("ts"),
-                    json.dumps((r.get("output") or {}).get("label")),
-                    json.dumps(r.get("input") or {}),
-                    ws.model_name,
-                    inference_id,
-                    row,
-                ),
-            )
-        db.executemany(
-            "UPDATE labels SET status=? WHERE model=? AND inference_id=? AND row=?",
-            [(UNMATCHED, ws.model_name, i, row) for i, row in final],
+    """Write each new label once, joined where its prediction was found; then the pending
+    labels found or given up this pass. A label for a row labelled before replaces it and keeps
+    the prediction it was joined to."""
+
+    def joined(key: tuple[str, int]) -> tuple[Any, ...]:
+        r = found.get(key)
+        if r is None:
+            return (UNMATCHED if key in final else PENDING, None, None, None, None, None)
+        return (
+            MATCHED,
+            str(r.get("version", "")),
+            r.get("variant") or "default",
+            r.get("ts"),
+            label_text((r.get("output") or {}).get("label")),
+            orjson.dumps(r.get("input") or {}).decode(),
         )
+
+    model = ws.model_name
+    with ws.state.tx() as db:
+        db.executemany(
+            "INSERT INTO labels(model, inference_id, row, label, received_at, replaced, status,"
+            " version, variant, ts, predicted, input) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(model, inference_id, row) DO UPDATE SET label=excluded.label,"
+            " received_at=excluded.received_at, replaced=replaced+1+excluded.replaced"
+            + "".join(  # a row joined before keeps its join; a pending one takes this pass's
+                f", {c}=CASE WHEN status='{MATCHED}' THEN {c} ELSE excluded.{c} END"
+                for c in ("version", "variant", "ts", "predicted", "input", "status")
+            ),
+            [
+                (model, key[0], key[1], label_text(x["label"]),
+                 float(x.get("received_at") or time.time()), replaced.get(key, 0), *joined(key))
+                for key, x in new.items()
+            ],
+        )  # fmt: skip
+        db.executemany(
+            "UPDATE labels SET status=?, version=?, variant=?, ts=?, predicted=?, input=?"
+            " WHERE model=? AND inference_id=? AND row=? AND status=?",
+            [(*joined(key), model, key[0], key[1], PENDING)
+             for key in (set(found) | final) - set(new)],
+        )  # fmt: skip
 
 
 def _rows(ws: Workspace, sql: str, args: tuple[Any, ...]) -> list[Any]:
