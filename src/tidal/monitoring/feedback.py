@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from tidal.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -143,11 +145,15 @@ class FeedbackStore:
         return self.store.list(f"{self.prefix}/rejected")
 
     def labels(self) -> list[dict[str, Any]]:
-        """Every received label, with its ``received_at``, oldest first (keys of one second
-        differ by a random part, so the order is ``received_at``'s)."""
+        """Every received label, with its ``received_at``, oldest first."""
+        return self.read(self.files())
+
+    def read(self, objects: Iterable[ObjectInfo]) -> list[dict[str, Any]]:
+        """The labels of received ``objects``, oldest first (keys of one second differ by a
+        random part, so the order is ``received_at``'s)."""
         found = [
-            json.loads(line)
-            for info in self.files()
+            orjson.loads(line)
+            for info in objects
             for line in self.store.get_bytes(info.key).splitlines()
             if line.strip()
         ]

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tidal.monitoring.feedback import FeedbackStore, QualityReport, label_text, score
-from tidal.monitoring.job import LATE_S, read_records
-from tidal.serving.capture import CAPTURE_PREFIX, inference_time
+from tidal.monitoring.job import LATE_S
+from tidal.serving.capture import CAPTURE_PREFIX, inference_time, read_object
 
 if TYPE_CHECKING:
     from tidal.workspace import Workspace
@@ -63,13 +63,13 @@ def sync(ws: Workspace, *, now: float | None = None) -> SyncResult:
         for obj in _hour_objects(ws, hour) + _hour_objects(ws, hour + HOUR_S):
             if obj not in read:
                 read.add(obj)
-                _collect(read_records(ws.store, obj), wanted, found)
+                _collect(read_object(ws.store, obj), wanted, found)
     if any(when is None for when in wanted.values()):
         result.full_scan = True
         for info in ws.store.list(f"{CAPTURE_PREFIX}/{ws.model_name}"):
             if info.key not in read:
                 read.add(info.key)
-                _collect(read_records(ws.store, info.key), wanted, found)
+                _collect(read_object(ws.store, info.key), wanted, found)
     result.objects = len(read)
     final = {
         key
@@ -144,16 +144,9 @@ def _new_labels(
     feedback.ingest_dropped()
     source = f"labels:{ws.model_name}"
     infos = [i for i in feedback.files() if not ws.state.is_seen(source, i.key, i.mtime, i.size)]
-    given = [
-        orjson.loads(line)
-        for info in infos
-        for line in ws.store.get_bytes(info.key).splitlines()
-        if line.strip()
-    ]
-    given.sort(key=lambda x: x.get("received_at") or 0.0)  # stable: the latest wins
     latest: dict[tuple[str, int], dict[str, Any]] = {}
     replaced: dict[tuple[str, int], int] = {}
-    for x in given:
+    for x in feedback.read(infos):  # oldest first: the latest wins
         key = (str(x["inference_id"]), int(x.get("row", 0)))
         if key in latest:
             replaced[key] = replaced.get(key, 0) + 1

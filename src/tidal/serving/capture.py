@@ -63,10 +63,16 @@ try:  # orjson where installed (a serving dependency); the standard library othe
         return orjson.dumps(obj, default=_plain, option=_ORJSON)
 
     _ORJSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS  # labels 0/1 as keys
+
+    def _loads(line: bytes) -> Any:
+        return orjson.loads(line)  # 6× json.loads: half the monitor's CPU per record
 except ImportError:  # pragma: no cover - depends on the environment
 
     def _dumps(obj: Any) -> bytes:
         return json.dumps(obj, default=_plain, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def _loads(line: bytes) -> Any:
+        return json.loads(line)
 
 
 CAPTURE_PREFIX = "_tidal/capture"  # where an endpoint of a workspace writes its records
@@ -438,12 +444,17 @@ def _parquet(entries: list[Entry]) -> bytes:
 def read_capture(store: Store, prefix: str, model: str) -> Iterator[dict[str, Any]]:
     """Every captured record of ``model`` under ``prefix``, object by object in key order."""
     for info in store.list(f"{prefix.strip('/')}/{model}"):
-        if info.key.endswith(".jsonl"):
-            for line in store.get_bytes(info.key).splitlines():
-                if line.strip():
-                    yield json.loads(line)
-        elif info.key.endswith(".parquet"):
-            yield from _read_parquet(store.get_bytes(info.key))
+        yield from read_object(store, info.key)
+
+
+def read_object(store: Store, key: str) -> Iterator[dict[str, Any]]:
+    """The records of one capture object (JSON Lines or Parquet); other objects have none."""
+    if key.endswith(".jsonl"):
+        for line in store.get_bytes(key).splitlines():
+            if line.strip():
+                yield _loads(line)
+    elif key.endswith(".parquet"):
+        yield from _read_parquet(store.get_bytes(key))
 
 
 def _read_parquet(data: bytes) -> Iterator[dict[str, Any]]:
