@@ -276,7 +276,13 @@ def slow_then(
     async def scenario() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=endpoint.url, timeout=30) as client:
             first = asyncio.create_task(client.post("/invocations", json={"instances": [{"x": 7}]}))
-            await asyncio.to_thread(endpoint.wait_until, "busy", lambda v: v["in_flight"] == 1)
+            # held at a started worker, not merely admitted: requests sent while the first
+            # worker is still starting would join its first batch instead of queueing behind it
+            await asyncio.to_thread(
+                endpoint.wait_until,
+                "busy",
+                lambda v: v["in_flight"] == 1 and any(w["busy"] for w in v["workers"]),
+            )
             rest = [
                 asyncio.create_task(client.post("/invocations", json={"instances": [{"x": x}]}))
                 for x in xs
