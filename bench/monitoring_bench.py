@@ -237,14 +237,23 @@ def measured(server: Server, body: Path, c: int, seconds: int) -> dict[str, Any]
 
 
 def capture_files(workspace: Path) -> dict[str, Any]:
-    """Capture objects, records (lines) and bytes under the workspace's store, and one record."""
+    """Capture objects, records (one per row) and bytes under the workspace's store, and one
+    record."""
+    from tidal.serving.capture import read_object
+    from tidal.storage import open_store
+
     files = sorted((workspace / CAPTURE).rglob("*.jsonl"))
-    lines = [line for f in files for line in f.read_bytes().splitlines() if line.strip()]
+    store = open_store(str(workspace / CAPTURE))
+    records, sample = 0, None
+    for f in files:
+        for record in read_object(store, f.relative_to(workspace / CAPTURE).as_posix()):
+            records += 1
+            sample = record
     return {
         "files": len(files),
-        "records": len(lines),
+        "records": records,
         "bytes": sum(f.stat().st_size for f in files),
-        "sample": json.loads(lines[-1]) if lines else None,
+        "sample": sample,
     }
 
 
@@ -327,9 +336,9 @@ def bench(
 
 def capture_cost(record: dict[str, Any], rows: int = 20_000) -> dict[str, Any]:
     """What capture does per request of one row, timed apart in this process: ``offer`` (on the
-    event loop), and the flusher's work (its thread, holding the GIL but for the file write):
-    building the records, orjson, and all of it with the write (``flush``), wall and CPU."""
-    from tidal.serving.capture import CaptureWriter, _dumps, _records
+    event loop; it encodes the row and its prediction to JSON), and the flusher's work (its
+    thread, holding the GIL but for the file write): the lines, the file write, the counts."""
+    from tidal.serving.capture import CaptureWriter
     from tidal.storage import open_store
 
     folder = Path(tempfile.mkdtemp(prefix="tidal-capture-cost-"))
@@ -348,31 +357,21 @@ def capture_cost(record: dict[str, Any], rows: int = 20_000) -> dict[str, Any]:
         for i, (given, answer) in enumerate(requests):
             writer.offer("m", "1", "primary", ids[i], 1.5, given, answer)
         offer = time.perf_counter() - started
-        entries = list(writer._buffer)
-        started = time.perf_counter()
-        records = list(_records(entries))
-        build = time.perf_counter() - started
-        started = time.perf_counter()
-        for r in records:
-            _dumps(r)
-        dumps = time.perf_counter() - started
-        del records[1:]
         writer.flush_records = 1000  # the default batch: one object per 1000 rows
         started, cpu = time.perf_counter(), time.thread_time()
         writer.flush()
         flush, flush_cpu = time.perf_counter() - started, time.thread_time() - cpu
         writer.close()
+        size = sum(f.stat().st_size for f in folder.rglob("*.jsonl"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     us = 1e6 / rows
     return {
         "rows": rows,
         "offer_us": round(offer * us, 2),
-        "records_us": round(build * us, 2),
-        "dumps_us": round(dumps * us, 2),
         "flush_us": round(flush * us, 2),
         "flush_cpu_us": round(flush_cpu * us, 2),
-        "record_bytes": len(_dumps(records[0])),
+        "record_bytes": round(size / rows),
     }
 
 
@@ -492,12 +491,11 @@ def markdown(report: dict[str, Any]) -> str:
     if cost:
         lines += [
             "",
-            f"Capture per one-row request, in process ({cost['rows']:,} requests, records of "
-            f"{cost['record_bytes']:,} bytes): `offer` {cost['offer_us']} µs on the event loop; "
-            f"the flusher thread {cost['flush_us']} µs ({cost['flush_cpu_us']} µs CPU), of "
-            f"which building the record {cost['records_us']} µs and orjson {cost['dumps_us']} µs "
-            "(timed apart, on warm records), the rest taking the batch, its file write (fsync) "
-            "and the counts.",
+            f"Capture per one-row request, in process ({cost['rows']:,} requests, lines of "
+            f"{cost['record_bytes']:,} bytes): `offer` {cost['offer_us']} µs on the event loop "
+            "(the row and its prediction encoded to JSON there); the flusher thread "
+            f"{cost['flush_us']} µs ({cost['flush_cpu_us']} µs CPU): its lines, the file write "
+            "(fsync) and the counts.",
         ]
     if r:
         lines += [

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tidal.errors import StorageUnavailable
-from tidal.serving.capture import CaptureWriter, read_capture
+from tidal.serving.capture import EAGER_ROWS, CaptureWriter, read_capture
 from tidal.serving.metrics import ServingMetrics
 from tidal.storage import Store, open_store
 
@@ -99,7 +99,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
 # -- what lands where ---------------------------------------------------------------------------
 
 
-def test_one_record_per_row_under_the_documented_key(
+def test_one_line_per_request_under_the_documented_key_read_back_one_record_per_row(
     store: FlakyStore, writer: Callable[..., CaptureWriter]
 ) -> None:
     capture = writer()
@@ -113,8 +113,19 @@ def test_one_record_per_row_under_the_documented_key(
     (iris,) = [k for k in keys if k.startswith("capture/iris/")]
     assert KEY.fullmatch(iris), iris
     assert re.fullmatch(r"capture/wine/date=2026-01-01/hour=00/.+\.jsonl", keys[1])
-    lines = store.get_bytes(iris).decode().splitlines()
-    assert [json.loads(line) for line in lines] == [
+    given, answers = rows(3)
+    (line,) = store.get_bytes(iris).decode().splitlines()
+    assert json.loads(line) == {
+        "inference_id": "first",
+        "ts": NEW_YEAR,
+        "model": "iris",
+        "version": "3",
+        "variant": "blue",
+        "latency_ms": 1.5,
+        "inputs": given,
+        "outputs": answers,
+    }
+    assert list(read_capture(store, "capture", "iris")) == [
         {
             "inference_id": "first",
             "row": i,
@@ -123,8 +134,8 @@ def test_one_record_per_row_under_the_documented_key(
             "version": "3",
             "variant": "blue",
             "latency_ms": 1.5,
-            "input": {"x": float(i), "colour": "red" if i % 2 else "blue"},
-            "output": {"label": "yes", "score": 0.75, "probabilities": {"yes": 0.75, "no": 0.25}},
+            "input": given[i],
+            "output": answers[i],
         }
         for i in range(3)
     ]
@@ -132,6 +143,41 @@ def test_one_record_per_row_under_the_documented_key(
     stats = capture.stats()
     assert (stats["offered"], stats["captured"], stats["pending"]) == (4, 4, 0)
     assert stats["last_flush_at"] == NEW_YEAR
+
+
+def test_a_small_request_is_encoded_at_once_and_a_big_one_when_flushed(
+    store: FlakyStore, writer: Callable[..., CaptureWriter]
+) -> None:
+    capture = writer()
+    small, small_answers = rows(EAGER_ROWS)
+    big, big_answers = rows(EAGER_ROWS + 1)
+    capture.offer("iris", "3", "blue", "small", 1.0, small, small_answers)
+    capture.offer("iris", "3", "blue", "big", 1.0, big, big_answers)
+    # the small one was copied (as JSON) when offered; the big one is kept by reference, so a
+    # caller must leave its rows alone until the flush
+    small[0]["x"] = -1.0
+    assert capture.flush()
+    records = list(read_capture(store, "capture", "iris"))
+    assert len(records) == 2 * EAGER_ROWS + 1
+    assert records[0]["input"]["x"] == 0.0
+    assert [r["row"] for r in records if r["inference_id"] == "big"] == list(range(EAGER_ROWS + 1))
+    assert [r["input"] for r in records if r["inference_id"] == "big"] == big
+
+
+def test_lines_of_one_row_as_written_before_read_back_unchanged(store: FlakyStore) -> None:
+    old = {
+        "inference_id": "old",
+        "row": 0,
+        "ts": NEW_YEAR,
+        "model": "iris",
+        "version": "1",
+        "variant": "primary",
+        "latency_ms": 2.0,
+        "input": {"x": 1.0},
+        "output": {"label": "yes"},
+    }
+    store.put_bytes("capture/iris/date=2026-01-01/hour=00/old.jsonl", json.dumps(old).encode())
+    assert list(read_capture(store, "capture", "iris")) == [old]
 
 
 def test_rows_are_partitioned_by_the_hour_they_were_answered(
