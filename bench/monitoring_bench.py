@@ -63,6 +63,7 @@ MEDIANS = (
     "rps",
     "cpu_us_per_request",
     "gateway_cpu_us_per_request",
+    "gateway_system_us_per_request",
     "gc_us_per_request",
 )
 GOAL = 1.02  # p50 with monitoring / p50 without, under load
@@ -189,13 +190,13 @@ class Monitor:
 # -- one endpoint ------------------------------------------------------------------------------
 
 
-def cpu_times(server: Server) -> dict[int, float]:
-    """CPU seconds (user + system) of each process of the endpoint's tree, by pid."""
+def cpu_times(server: Server) -> dict[int, tuple[float, float]]:
+    """CPU seconds (user, system) of each process of the endpoint's tree, by pid."""
     found = {}
     for p in server.processes():
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
-            found[p.pid] = t.user + t.system
+            found[p.pid] = (t.user, t.system)
     return found
 
 
@@ -223,10 +224,15 @@ def measured(server: Server, body: Path, c: int, seconds: int) -> dict[str, Any]
     gc_before, before = gc_spent(server), cpu_times(server)
     figures = wrk(server, body, c, seconds)
     after, gc_after = cpu_times(server), gc_spent(server)
-    used = {pid: t - before.get(pid, 0.0) for pid, t in after.items()}
+    used = {
+        pid: (user - before.get(pid, (0.0, 0.0))[0], system - before.get(pid, (0.0, 0.0))[1])
+        for pid, (user, system) in after.items()
+    }
     n = max(figures["requests"], 1)
-    figures["cpu_us_per_request"] = round(sum(used.values()) / n * 1e6, 1)
-    figures["gateway_cpu_us_per_request"] = round(used.get(root, 0.0) / n * 1e6, 1)
+    figures["cpu_us_per_request"] = round(sum(u + s for u, s in used.values()) / n * 1e6, 1)
+    gateway_user, gateway_system = used.get(root, (0.0, 0.0))
+    figures["gateway_cpu_us_per_request"] = round((gateway_user + gateway_system) / n * 1e6, 1)
+    figures["gateway_system_us_per_request"] = round(gateway_system / n * 1e6, 1)
     gc_s = sum(a["seconds"] - b["seconds"] for a, b in zip(gc_after, gc_before, strict=True))
     figures["gc_us_per_request"] = round(gc_s / n * 1e6, 2)
     figures["gc_collections"] = [
@@ -445,12 +451,12 @@ def markdown(report: dict[str, Any]) -> str:
         "per endpoint, the order rotated each round. p50, p99, req/s and CPU: medians over the "
         "rounds; p50 / A: the median of the per-round ratios (quartiles beside it); CPU: user + "
         "system time per request answered, of the endpoint's processes (all; the gateway "
-        "process alone, where capture runs); gateway GC: the time its garbage collector "
-        "took (gc.callbacks), per request.",
+        "process alone, where capture runs, and the system time in it); gateway GC: the time "
+        "its garbage collector took (gc.callbacks), per request.",
         "",
         "| config | c | p50 ms | p99 ms | req/s | p50 / A | quartiles | CPU µs/req | "
-        "gateway CPU µs/req | gateway GC µs/req |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "gateway CPU µs/req | of which system | gateway GC µs/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in CONFIGS:
         for c in map(str, levels):
@@ -459,7 +465,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {c} | {f['p50_ms']:.3f} | {f['p99_ms']:.2f} | {f['rps']:,.0f} | "
                 f"{f['p50_ratio']:.3f} | {low:.3f}–{high:.3f} | {f['cpu_us_per_request']:,.0f} | "
-                f"{f['gateway_cpu_us_per_request']:,.0f} | {f['gc_us_per_request']:.1f} |"
+                f"{f['gateway_cpu_us_per_request']:,.0f} | "
+                f"{f['gateway_system_us_per_request']:,.0f} | {f['gc_us_per_request']:.1f} |"
             )
     lines += ["", "Configurations:", ""]
     for name, about in CONFIGS.items():

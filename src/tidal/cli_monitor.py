@@ -104,7 +104,7 @@ def check(ws: Any) -> dict[str, Any]:
         min_samples=settings.min_samples,
     )
     summary: dict[str, Any] = MonitorJob(
-        ws, thresholds=thresholds, window_s=settings.window_s
+        ws, thresholds=thresholds, window_s=settings.window_s, window_rows=settings.window_rows
     ).run_once()
     quality = live_quality(ws, window_s=settings.window_s)
     for alarm in quality["alarms"]:

@@ -295,6 +295,14 @@ class MonitoringConfig(_Section):
     window_s: float = Field(
         3600.0, gt=0, description="Length of a drift and quality window (seconds)."
     )
+    window_rows: int | None = Field(
+        None,
+        ge=1,
+        description="Count windows for drift: each window holds this many captured rows of a "
+        "version, in capture order, instead of window_s of time (quality stays per window_s). "
+        "A drifted count window stands for the retrain policy until 2 x window_s after its "
+        "newest row.",
+    )
     psi: float = Field(0.2, gt=0, description="Drift: population stability index above this.")
     ks: float = Field(0.1, gt=0, le=1, description="Drift: Kolmogorov-Smirnov distance above this.")
     js: float = Field(

@@ -107,10 +107,11 @@ CREATE TABLE IF NOT EXISTS labels(
   received_at REAL NOT NULL,
   replaced INTEGER NOT NULL DEFAULT 0,
   status TEXT NOT NULL,
-  version TEXT, variant TEXT, ts REAL, predicted TEXT, input TEXT,
+  version TEXT, variant TEXT, ts REAL, predicted TEXT, input TEXT, source TEXT,
   PRIMARY KEY(model, inference_id, row)
 );
-CREATE INDEX IF NOT EXISTS labels_status ON labels(model, status);
+DROP INDEX IF EXISTS labels_status;
+CREATE INDEX IF NOT EXISTS labels_pending ON labels(model) WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   ts REAL NOT NULL,
@@ -202,6 +203,9 @@ class State:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(labels)")}
+            if "source" not in columns:  # a database made before 2026-11-22
+                db.execute("ALTER TABLE labels ADD COLUMN source TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)

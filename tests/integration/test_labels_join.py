@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from tidal.monitoring.feedback import FeedbackStore
-from tidal.monitoring.labels import quality_report, sync
-from tidal.serving.capture import CAPTURE_PREFIX, CaptureWriter, inference_time, new_inference_id
+from tidal.monitoring.feedback import FeedbackStore, join
+from tidal.monitoring.labels import matched_rows, quality_report, sync
+from tidal.serving.capture import (
+    CAPTURE_PREFIX,
+    CaptureWriter,
+    inference_time,
+    new_inference_id,
+    read_capture,
+)
 from tidal.workspace import Workspace
 from toy import traffic_answers, traffic_rows
 
@@ -91,3 +97,56 @@ def test_labels_of_ids_without_a_time_are_looked_for_in_all_traffic_once(
     found = sync(ws)
     assert found.full_scan and found.objects == 3 and found.matched == 1
     assert sync(ws).objects == 0  # the unmatched one is not looked for again
+
+
+def test_quality_counted_by_sqlite_equals_the_row_by_row_join(ws: Workspace) -> None:
+    # three versions over three hours, labels right about 70% of the time, some corrected
+    import random
+
+    rng = random.Random(4)
+    now = time.time()
+    writer = CaptureWriter(ws.store, CAPTURE_PREFIX, flush_interval_s=60.0)
+    labels = []
+    for i in range(600):
+        at = now - 3 * 3600 + i * 18
+        writer.clock = lambda at=at: at
+        inference_id = new_inference_id(at)
+        rows = traffic_rows(1, seed=i)
+        version = str(1 + i % 3)
+        writer.offer("toy", version, "default", inference_id, 1.0, rows, traffic_answers(rows))
+        truth = traffic_answers(rows)[0]["label"]
+        if rng.random() < 0.3:
+            truth = "high" if truth == "low" else "low"
+        labels.append({"inference_id": inference_id, "label": truth})
+    assert writer.flush()
+    writer.close()
+    labels += [dict(x, label="high") for x in rng.sample(labels, 50)]  # corrections come later
+    FeedbackStore(ws.store).add(labels)
+    sync(ws)
+    counted = quality_report(ws, window_s=1800)
+    expected = join(read_capture(ws.store, CAPTURE_PREFIX, "toy"), labels, window_s=1800)
+    assert counted.matched == expected.matched == 600 and counted.duplicates == 50
+    assert len(counted.windows) == len(expected.windows) > 6
+    for mine, theirs in zip(counted.totals + counted.windows,
+                            expected.totals + expected.windows, strict=True):  # fmt: skip
+        assert (mine.version, mine.window_start, mine.samples, mine.correct) == (
+            theirs.version, theirs.window_start, theirs.samples, theirs.correct
+        )  # fmt: skip
+        assert mine.macro_f1 == pytest.approx(theirs.macro_f1)
+
+
+def test_the_join_keeps_where_an_input_is_not_a_copy_of_it(ws: Workspace) -> None:
+    at = time.time()
+    ids = serve(ws, at, 3)
+    FeedbackStore(ws.store).add([{"inference_id": i, "row": 1, "label": "high"} for i in ids])
+    sync(ws)
+    with ws.state.tx() as db:
+        stored = db.execute("SELECT input, source FROM labels ORDER BY inference_id").fetchall()
+    assert all(r["input"] is None and r["source"].startswith(CAPTURE_PREFIX) for r in stored)
+    given = {tuple(sorted(row.items())) for row, _, _ in matched_rows(ws)}
+    assert given == {tuple(sorted(traffic_rows(2, seed=i)[1].items())) for i in range(3)}
+
+    # a capture object deleted since: its input comes back empty (a retrain counts it unusable)
+    ws.store.delete(stored[0]["source"])
+    inputs = [row for row, _, _ in matched_rows(ws)]
+    assert sorted(len(row) for row in inputs) == [0, 2, 2]

@@ -118,3 +118,51 @@ def test_an_interrupted_run_never_counts_an_object_twice(
     again = job.run_once()
     assert again["records"] == 250  # read again, but the window already holds that object
     assert again["versions"]["1"]["rows"] == 250
+
+
+def test_count_windows_hold_a_fixed_number_of_rows_in_capture_order(
+    ws: Workspace, capture: CaptureWriter
+) -> None:
+    make_baseline(ws)
+    job = MonitorJob(ws, window_rows=200)
+    send(capture, "1", traffic_rows(250, seed=2), "calm-1")
+    send(capture, "1", traffic_rows(200, seed=3), "calm-2")
+    first = job.run_once()["versions"]["1"]
+    # 450 rows: two full windows of 200 stored for good (the newest judged), 50 in the open one
+    full = sorted(i.name for i in ws.store.list("_tidal/monitor/v1") if i.name.startswith("w"))
+    assert full == ["window-n0.json", "window-n1.json"]
+    assert (first["rows"], first["records"]) == (200, 450)
+    report = job.latest_report("1")
+    assert report is not None and report["window_index"] == 1 and report["window_rows"] == 200
+    opened = json.loads(ws.store.get_bytes("_tidal/monitor/v1/count-open.json"))
+    assert (opened["index"], opened["window"]["stats"]["rows"]) == (2, 50)
+    send(capture, "1", traffic_rows(20, seed=9), "few")
+    assert job.run_once()["versions"]["1"]["rows"] == 70  # none filled: the open one is judged
+
+    # shifted traffic fills the open window (130 rows, judged full) and the next one (100 of 200)
+    send(capture, "1", traffic_rows(230, seed=4, shift=3.0), "shifted")
+    second = job.run_once()["versions"]["1"]
+    assert second["rows"] == 200 and job.latest_report("1")["window_index"] == 2  # type: ignore[index]
+    third_window = json.loads(ws.store.get_bytes("_tidal/monitor/v1/window-n2.json"))
+    assert third_window["stats"]["rows"] == 200 and third_window["index"] == 2
+    assert third_window["first_ts"] <= third_window["last_ts"]
+
+    # a run cut short before its objects were marked read is redone: nothing counted twice
+    with ws.state.tx() as db:
+        db.execute("DELETE FROM seen")
+    again = job.run_once()["versions"]["1"]
+    assert again["records"] == 700 and again["rows"] == 100  # all read again, none added
+    opened = json.loads(ws.store.get_bytes("_tidal/monitor/v1/count-open.json"))
+    assert (opened["index"], opened["window"]["stats"]["rows"]) == (3, 100)
+    assert json.loads(ws.store.get_bytes("_tidal/monitor/v1/window-n2.json")) == third_window
+
+    # window_rows changed: the open window (100 shifted rows) takes 150 more and is judged full
+    send(capture, "1", traffic_rows(250, seed=5, shift=3.0), "more")
+    bigger = MonitorJob(ws, window_rows=250).run_once()["versions"]["1"]
+    assert (bigger["rows"], bigger["status"], bigger["drifted"][0]) == (250, "drifted", "x")
+    assert ws.store.exists("_tidal/monitor/v1/window-n3.json")
+
+
+def test_window_rows_must_be_positive(ws: Workspace) -> None:
+    with pytest.raises(ValueError, match="window_rows must be at least 1"):
+        MonitorJob(ws, window_rows=0)

@@ -398,10 +398,14 @@ def join(
 
 def score(report: QualityReport, matched: pd.DataFrame) -> QualityReport:
     """``report`` with its groups: ``matched`` has one row per labelled prediction, with the
-    columns model, version, variant, ts, label and predicted (labels as ``label_text``)."""
+    columns model, version, variant, ts, label and predicted (labels as ``label_text``); or,
+    with a column ``count``, one row per that many alike (a confusion-matrix cell)."""
     window_s = report.window_s
+    if "count" not in matched:
+        matched["count"] = 1
     matched["window_start"] = (matched["ts"] // window_s) * window_s
     matched["correct"] = matched["label"] == matched["predicted"]
+    matched["hits"] = matched["count"] * matched["correct"]
     report.totals = _groups(matched, GROUP, None)
     report.windows = _groups(matched, [*GROUP, "window_start"], window_s)
     return report
@@ -412,9 +416,7 @@ def _groups(matched: pd.DataFrame, by: list[str], window_s: float | None) -> lis
 
     if matched.empty:
         return []
-    summary = matched.groupby(by, sort=True).agg(
-        samples=("correct", "size"), correct=("correct", "sum")
-    )
+    summary = matched.groupby(by, sort=True).agg(samples=("count", "sum"), correct=("hits", "sum"))
     summary["macro_f1"] = _macro_f1(matched, by)
     groups = []
     for key, row in summary.iterrows():
@@ -442,10 +444,10 @@ def _macro_f1(matched: pd.DataFrame, by: list[str]) -> pd.Series:
     """Per group, the mean over its classes (true or predicted) of 2·tp / (n_true + n_pred)."""
     import pandas as pd
 
-    true = matched.groupby([*by, "label"]).size()
-    predicted = matched.groupby([*by, "predicted"]).size()
+    true = matched.groupby([*by, "label"])["count"].sum()
+    predicted = matched.groupby([*by, "predicted"])["count"].sum()
     predicted.index = predicted.index.set_names([*by, "label"])
-    hits = matched[matched["correct"]].groupby([*by, "label"]).size()
+    hits = matched.groupby([*by, "label"])["hits"].sum()
     counts = pd.concat({"true": true, "predicted": predicted, "tp": hits}, axis=1).fillna(0)
     f1 = 2 * counts["tp"] / (counts["true"] + counts["predicted"])
     return f1.groupby(level=list(range(len(by)))).mean()

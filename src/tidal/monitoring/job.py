@@ -11,6 +11,13 @@ baseline has a sketch), adds them to the stored windows and judges the newest wi
     _tidal/monitor/v<version>/window-<start>.json      the window's statistics and its objects
     _tidal/monitor/v<version>/report-latest.json       the newest report of the version
 
+Windows are periods of ``window_s`` of time (by the rows' answer times), or, with
+``window_rows``, runs of that many rows of a version in capture order (count windows: steady
+sample sizes whatever the traffic). A count window, once full, is stored for good as
+``window-n<index>.json``; the one still filling lives in ``count-open.json`` beside it, with the
+objects the latest runs assigned, and is written after the full ones: a run cut short is redone
+from it, and rows fall into the same windows again.
+
 Incremental twice over. Listing: once a cursor exists, only the capture partitions from the
 cursor's date (less ``LATE_S``, for writers that flush late) to ``now`` are listed, not all
 traffic ever captured. Reading: an object already marked seen in the state database (``seen``
@@ -190,12 +197,16 @@ class MonitorJob:
         *,
         thresholds: Thresholds | None = None,
         window_s: float = WINDOW_S,
+        window_rows: int | None = None,
     ) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
+        if window_rows is not None and window_rows < 1:
+            raise ValueError(f"window_rows must be at least 1, got {window_rows}")
         self.ws = ws
         self.thresholds = thresholds or Thresholds()
         self.window_s = window_s
+        self.window_rows = window_rows
         self.model = ws.model_name
         self.source = f"monitor:{self.model}"
         self.prefix = f"{CAPTURE_PREFIX}/{self.model}"
@@ -264,6 +275,8 @@ class MonitorJob:
         baseline = load_baseline(self.ws, version)
         if baseline is None:
             return {"status": NO_BASELINE, "records": records}
+        if self.window_rows is not None:
+            return self._check_counted(version, baseline, objects, records, now)
         periods: dict[float, dict[str, list[dict[str, Any]]]] = {}
         for key, rows in objects.items():
             for record in rows:
@@ -303,6 +316,72 @@ class MonitorJob:
         self.ws.store.put_bytes(key, window.to_json().encode())
         return window
 
+    def _check_counted(
+        self,
+        version: str,
+        baseline: Baseline,
+        objects: dict[str, list[dict[str, Any]]],
+        records: int,
+        now: float,
+    ) -> dict[str, Any]:
+        """Count windows: the new rows, object by object in key order, fill the open window;
+        each time it holds ``window_rows`` it is stored as full and a new one opens. The
+        newest window filled this run is judged; when none was, the open one."""
+        assert self.window_rows is not None
+        size, store = self.window_rows, self.ws.store
+        key = f"{MONITOR}/v{version}/count-open.json"
+        try:
+            doc = json.loads(store.get_bytes(key))
+            window: _Window | None = _Window.from_json(json.dumps(doc["window"]))
+            index, first, last = int(doc["index"]), doc.get("first_ts"), doc.get("last_ts")
+            done = set(doc.get("objects", []))
+        except NotFound:
+            window, index, first, last, done = None, 0, None, None, set()
+        if window is None or window.stats.fingerprint != baseline.fingerprint:
+            window, first, last = _Window(WindowStats.empty(baseline), []), None, None
+        embedder = self._embedder(version, baseline)
+        rows = [r for name in sorted(objects) if name not in done for r in objects[name]]
+        # judged: the newest window this run filled, else the open one (min_samples guards it)
+        judged, filled = (window, index, first, last), False
+        at = 0  # rows[:at] are in windows
+        while at < len(rows) or window.stats.rows >= size:
+            if window.stats.rows >= size:  # full: stored for good, and a new one opens
+                judged, filled = (window, index, first, last), True
+                full = json.loads(window.to_json()) | {
+                    "index": index,
+                    "first_ts": first,
+                    "last_ts": last,
+                }
+                store.put_bytes(self._window_key(version, f"n{index}"), json.dumps(full).encode())
+                window, index = _Window(WindowStats.empty(baseline), []), index + 1
+                first = last = None
+                continue
+            part = rows[at : at + size - window.stats.rows]
+            at += len(part)
+            times = [t for r in part if isinstance(t := r.get("ts"), (int, float))] or [now]
+            first = min(times) if first is None else first
+            last = max([*times, last or 0.0])
+            added = WindowStats.from_records(baseline, part, embedder=embedder)
+            window = _Window(window.stats.merge(added), window.objects)
+            if not filled:
+                judged = (window, index, first, last)
+        assigned = sorted(set(objects) | (done if window.stats.rows else set()))
+        opened = {
+            "index": index,
+            "first_ts": first,
+            "last_ts": last,
+            "objects": assigned,
+            "window": json.loads(window.to_json()),
+        }
+        store.put_bytes(key, json.dumps(opened, separators=(",", ":")).encode())
+        window, index, first, last = judged
+        report = compare(baseline, window.stats, self.thresholds)
+        summary = self._report(
+            version, report, float(first if first is not None else now), records, now,
+            extra={"window_index": index, "window_rows": size, "window_end": last},
+        )  # fmt: skip
+        return summary
+
     def _embedder(self, version: str, baseline: Baseline) -> Embedder | None:
         """The version's embedder when its baseline has a text sketch; None (warned once per
         job) when the model folder is missing or unreadable."""
@@ -327,7 +406,13 @@ class MonitorJob:
         return embedder
 
     def _report(
-        self, version: str, report: DriftReport, start: float, records: int, now: float
+        self,
+        version: str,
+        report: DriftReport,
+        start: float,
+        records: int,
+        now: float,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         previous = self.latest_report(version)
         key = self._report_key(version)
@@ -336,6 +421,7 @@ class MonitorJob:
             "window_start": start,
             "window_s": self.window_s,
             "checked_at": now,
+            **(extra or {}),
         }
         self.ws.store.put_bytes(key, json.dumps(doc, separators=(",", ":")).encode())
         summary = {
@@ -378,8 +464,9 @@ class MonitorJob:
         t = ts if isinstance(ts, (int, float)) else now
         return float(t // self.window_s * self.window_s)
 
-    def _window_key(self, version: str, start: float) -> str:
-        return f"{MONITOR}/v{version}/window-{int(start)}.json"
+    def _window_key(self, version: str, start: float | str) -> str:
+        name = start if isinstance(start, str) else str(int(start))
+        return f"{MONITOR}/v{version}/window-{name}.json"
 
     def _report_key(self, version: str) -> str:
         return f"{MONITOR}/v{version}/report-latest.json"

@@ -8,37 +8,44 @@ the next for a request that straddled it). A pass (``sync``):
    (``seen`` source ``labels:<model>``) into the ``labels`` table of the state database, one row
    per (inference_id, row): a later label replaces an earlier one (``replaced`` counts them);
 2. looks for each pending label's record in the capture objects of the hours its id names, each
-   object read once per pass, and stores what it finds beside the label: version, variant,
-   time, predicted label and the input row;
+   object read once per pass (lines of other ids are skipped unparsed), and stores what it finds
+   beside the label: version, variant, time, predicted label, and the capture object that holds
+   the input row (``source``; the input itself is read from there when a retrain needs it, so
+   the state database does not keep a second copy of all labelled traffic);
 3. a pending label looked for once its hours can no longer change (the hour's end plus
    ``LATE_S`` is past) is ``unmatched`` for good and never looked for again.
 
 Labels whose ids carry no time (ids made before time-ordered ids) are looked for by one read of
 all the capture, in the pass they arrive. So a pass costs the new labels and the hours they
 name, never all traffic; live quality (``quality_report``) and the retrain policy's labelled
-rows (``matched_rows``) read the table: one row per labelled prediction.
+rows (``matched_rows``) read the table: one row per labelled prediction. Live quality is counted
+by SQLite (one row per version, variant, window, label and prediction), not row by row.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
+from tidal.errors import TidalError
 from tidal.monitoring.feedback import FeedbackStore, QualityReport, label_text, score
 from tidal.monitoring.job import LATE_S
-from tidal.serving.capture import CAPTURE_PREFIX, inference_time, read_object
+from tidal.serving.capture import CAPTURE_PREFIX, inference_time, read_object, read_predictions
 
 if TYPE_CHECKING:
     from tidal.workspace import Workspace
 
 HOUR_S = 3600.0
 PENDING, MATCHED, UNMATCHED = "pending", "matched", "unmatched"
+Key = tuple[str, int]  # (inference_id, row)
+Join = tuple[str, str | None, str | None, float | None, str | None, str | None]
+
+log = logging.getLogger("tidal.monitoring.labels")
 
 
 @dataclass
@@ -56,20 +63,21 @@ def sync(ws: Workspace, *, now: float | None = None) -> SyncResult:
     new, replaced, objects = _new_labels(ws)
     result.labels = len(new) + sum(replaced.values())
     wanted = {key: inference_time(key[0]) for key in new} | _pending(ws)
-    found: dict[tuple[str, int], dict[str, Any]] = {}
+    ids = {key[0] for key in wanted}
+    found: dict[Key, Join] = {}
     read: set[str] = set()
     hours = {when // HOUR_S * HOUR_S for when in wanted.values() if when is not None}
     for hour in sorted(hours):
         for obj in _hour_objects(ws, hour) + _hour_objects(ws, hour + HOUR_S):
             if obj not in read:
                 read.add(obj)
-                _collect(read_object(ws.store, obj), wanted, found)
+                _collect(ws, obj, ids, wanted, found)
     if any(when is None for when in wanted.values()):
         result.full_scan = True
         for info in ws.store.list(f"{CAPTURE_PREFIX}/{ws.model_name}"):
             if info.key not in read:
                 read.add(info.key)
-                _collect(read_object(ws.store, info.key), wanted, found)
+                _collect(ws, info.key, ids, wanted, found)
     result.objects = len(read)
     final = {
         key
@@ -97,9 +105,11 @@ def quality_report(ws: Workspace, *, window_s: float) -> QualityReport:
             " FROM labels WHERE model=?",
             (MATCHED, ws.model_name),
         ).fetchone()
-        rows = db.execute(
-            "SELECT version, variant, ts, label, predicted FROM labels WHERE model=? AND status=?",
-            (ws.model_name, MATCHED),
+        cells = db.execute(  # the confusion matrix per version, variant and window
+            "SELECT version, variant, CAST(ts / ? AS INTEGER) AS w, label, predicted, COUNT(*)"
+            " FROM labels WHERE model=? AND status=? GROUP BY version, variant, w, label,"
+            " predicted",
+            (window_s, ws.model_name, MATCHED),
         ).fetchall()
         missing = db.execute(
             "SELECT inference_id FROM labels WHERE model=? AND status!=? LIMIT 10",
@@ -107,8 +117,9 @@ def quality_report(ws: Workspace, *, window_s: float) -> QualityReport:
         ).fetchall()
     distinct, replaced, matched = (int(x) for x in counts)
     frame = pd.DataFrame.from_records(
-        rows, columns=["version", "variant", "ts", "label", "predicted"]
+        cells, columns=["version", "variant", "window", "label", "predicted", "count"]
     ).assign(model=ws.model_name)
+    frame["ts"] = (frame["window"] + 0.5) * window_s  # the middle of its window
     report = QualityReport(
         window_s=window_s,
         labels=distinct + replaced,
@@ -122,30 +133,59 @@ def quality_report(ws: Workspace, *, window_s: float) -> QualityReport:
 
 def matched_rows(ws: Workspace) -> Iterator[tuple[dict[str, Any], str, float]]:
     """(input row, label as text, received_at) of every label joined to its prediction, oldest
-    first (labels are kept as ``feedback.label_text`` says: 1, 1.0 and "1" are one class)."""
-    for r in _rows(
+    first (labels are kept as ``feedback.label_text`` says: 1, 1.0 and "1" are one class). The
+    inputs are read from the capture objects the join found them in, each object once; an
+    input whose object is gone comes as an empty row (and is logged)."""
+    rows = _rows(
         ws,
-        "SELECT input, label, received_at FROM labels WHERE model=? AND status=?"
-        " ORDER BY received_at",
+        "SELECT inference_id, row, label, received_at, input, source FROM labels"
+        " WHERE model=? AND status=? ORDER BY received_at",
         (ws.model_name, MATCHED),
-    ):
-        yield json.loads(r["input"]), r["label"], r["received_at"]
+    )
+    wanted: dict[str, set[str]] = {}
+    for r in rows:
+        if r["input"] is None and r["source"]:
+            wanted.setdefault(r["source"], set()).add(r["inference_id"])
+    inputs: dict[Key, dict[str, Any]] = {}
+    for source, ids in wanted.items():
+        try:
+            for record in read_object(ws.store, source, ids):
+                inputs[record["inference_id"], int(record.get("row", 0))] = record["input"]
+        except TidalError as exc:
+            log.warning("the inputs of %d labels are not readable: %s", len(ids), exc)
+    for r in rows:
+        if r["input"] is not None:  # joined before 2026-11-22: the input was kept in the row
+            given = json.loads(r["input"])
+        else:
+            given = inputs.get((r["inference_id"], r["row"])) or {}
+        yield given, r["label"], r["received_at"]
+
+
+def matched_since(ws: Workspace, cutoff: float | None, labels: list[str]) -> int:
+    """How many labels joined to their prediction arrived after ``cutoff`` (all, when None)
+    with a label among ``labels`` (as ``label_text``): a count without reading any input."""
+    marks = ",".join("?" * len(labels))
+    with ws.state.tx() as db:
+        row = db.execute(
+            f"SELECT COUNT(*) FROM labels WHERE model=? AND status=? AND received_at>?"
+            f" AND label IN ({marks})",
+            (ws.model_name, MATCHED, -1.0 if cutoff is None else cutoff, *labels),
+        ).fetchone()
+    return int(row[0])
 
 
 # -- steps ------------------------------------------------------------------------------------
 
 
-def _new_labels(
-    ws: Workspace,
-) -> tuple[dict[tuple[str, int], dict[str, Any]], dict[tuple[str, int], int], list[Any]]:
+def _new_labels(ws: Workspace) -> tuple[dict[Key, dict[str, Any]], dict[Key, int], list[Any]]:
     """The labels of the label objects not read before, the latest per (inference_id, row);
     how many each replaced among them; and the objects, to mark read once stored."""
     feedback = FeedbackStore(ws.store)
     feedback.ingest_dropped()
     source = f"labels:{ws.model_name}"
     infos = [i for i in feedback.files() if not ws.state.is_seen(source, i.key, i.mtime, i.size)]
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
-    replaced: dict[tuple[str, int], int] = {}
+    latest: dict[Key, dict[str, Any]] = {}
+    replaced: dict[Key, int] = {}
     for x in feedback.read(infos):  # oldest first: the latest wins
         key = (str(x["inference_id"]), int(x.get("row", 0)))
         if key in latest:
@@ -154,12 +194,12 @@ def _new_labels(
     return latest, replaced, [(i.key, i.mtime, i.size) for i in infos]
 
 
-def _pending(ws: Workspace) -> dict[tuple[str, int], float | None]:
+def _pending(ws: Workspace) -> dict[Key, float | None]:
     """Pending labels and the time their ids name (None: the id has none)."""
     rows = _rows(
         ws,
-        "SELECT inference_id, row FROM labels WHERE model=? AND status=?",
-        (ws.model_name, PENDING),
+        f"SELECT inference_id, row FROM labels WHERE model=? AND status='{PENDING}'",  # indexed
+        (ws.model_name,),
     )
     return {(r["inference_id"], r["row"]): inference_time(r["inference_id"]) for r in rows}
 
@@ -171,59 +211,56 @@ def _hour_objects(ws: Workspace, hour: float) -> list[str]:
 
 
 def _collect(
-    records: Iterable[dict[str, Any]],
-    wanted: Container[tuple[str, int]],
-    found: dict[tuple[str, int], dict[str, Any]],
+    ws: Workspace, obj: str, ids: set[str], wanted: dict[Key, Any], found: dict[Key, Join]
 ) -> None:
-    for record in records:
-        key = (str(record.get("inference_id")), int(record.get("row", 0)))
-        if key in wanted:
-            found[key] = record
+    for inference_id, row, line, output in read_predictions(ws.store, obj, ids):
+        if (inference_id, row) in wanted:
+            found[inference_id, row] = (
+                MATCHED,
+                str(line.get("version", "")),
+                line.get("variant") or "default",
+                line.get("ts"),
+                label_text(output.get("label")),
+                obj,
+            )
 
 
 def _store(
     ws: Workspace,
-    new: dict[tuple[str, int], dict[str, Any]],
-    replaced: dict[tuple[str, int], int],
-    found: dict[tuple[str, int], dict[str, Any]],
-    final: set[tuple[str, int]],
+    new: dict[Key, dict[str, Any]],
+    replaced: dict[Key, int],
+    found: dict[Key, Join],
+    final: set[Key],
 ) -> None:
     """Write each new label once, joined where its prediction was found; then the pending
     labels found or given up this pass. A label for a row labelled before replaces it and keeps
     the prediction it was joined to."""
+    unmatched: Join = (UNMATCHED, None, None, None, None, None)
+    pending: Join = (PENDING, None, None, None, None, None)
 
-    def joined(key: tuple[str, int]) -> tuple[Any, ...]:
-        r = found.get(key)
-        if r is None:
-            return (UNMATCHED if key in final else PENDING, None, None, None, None, None)
-        return (
-            MATCHED,
-            str(r.get("version", "")),
-            r.get("variant") or "default",
-            r.get("ts"),
-            label_text((r.get("output") or {}).get("label")),
-            orjson.dumps(r.get("input") or {}).decode(),
-        )
+    def joined(key: Key) -> Join:
+        return found.get(key) or (unmatched if key in final else pending)
 
     model = ws.model_name
+    now = time.time()
     with ws.state.tx() as db:
         db.executemany(
             "INSERT INTO labels(model, inference_id, row, label, received_at, replaced, status,"
-            " version, variant, ts, predicted, input) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " version, variant, ts, predicted, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(model, inference_id, row) DO UPDATE SET label=excluded.label,"
             " received_at=excluded.received_at, replaced=replaced+1+excluded.replaced"
             + "".join(  # a row joined before keeps its join; a pending one takes this pass's
                 f", {c}=CASE WHEN status='{MATCHED}' THEN {c} ELSE excluded.{c} END"
-                for c in ("version", "variant", "ts", "predicted", "input", "status")
+                for c in ("version", "variant", "ts", "predicted", "source", "status")
             ),
             [
                 (model, key[0], key[1], label_text(x["label"]),
-                 float(x.get("received_at") or time.time()), replaced.get(key, 0), *joined(key))
+                 float(x.get("received_at") or now), replaced.get(key, 0), *joined(key))
                 for key, x in new.items()
             ],
         )  # fmt: skip
         db.executemany(
-            "UPDATE labels SET status=?, version=?, variant=?, ts=?, predicted=?, input=?"
+            "UPDATE labels SET status=?, version=?, variant=?, ts=?, predicted=?, source=?"
             " WHERE model=? AND inference_id=? AND row=? AND status=?",
             [(*joined(key), model, key[0], key[1], PENDING)
              for key in (set(found) | final) - set(new)],

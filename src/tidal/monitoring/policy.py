@@ -111,7 +111,9 @@ def standing_alarms(ws: Workspace, summary: dict[str, Any], now: float) -> list[
     window_s = ws.config.monitoring.window_s
     report = MonitorJob(ws, window_s=window_s).latest_report(version)
     if report is not None and report.get("status") == "drifted":
-        recent = float(report.get("window_start", 0.0)) + 2 * window_s >= now
+        # a count window's newest row; a time window's start (the newest row is within it)
+        newest = report.get("window_end") or report.get("window_start") or 0.0
+        recent = float(newest) + 2 * window_s >= now
         if recent:
             drifted = report.get("drifted") or ["predictions"]
             alarms.append(Alarm("drift", version, ",".join(sorted(drifted))))
@@ -178,8 +180,17 @@ def _decide(ws: Workspace, alarms: list[Alarm], now: float) -> RetrainDecision:
             f"retrains used {spent:.0f} s of training in the last 24 hours, the budget "
             f"retrain.max_compute_s_per_day is {cfg.max_compute_s_per_day:g} s",
         )
-    labelled = labelled_rows(ws)
-    new = labelled.since(retrains[0].cutoff if retrains else None)
+    since = retrains[0].cutoff if retrains else None
+    counted = _labelled_since(ws, since)  # an upper bound, from the table alone
+    if counted < cfg.min_rows:
+        return skip(
+            "too_few_rows",
+            f"{counted} new labelled rows since the last retrain, retrain.min_rows is "
+            f"{cfg.min_rows}",
+            new_rows=counted,
+        )
+    labelled = labelled_rows(ws, sync=False)
+    new = labelled.since(since)
     if new < cfg.min_rows:
         return skip(
             "too_few_rows",
@@ -212,13 +223,30 @@ def _decide(ws: Workspace, alarms: list[Alarm], now: float) -> RetrainDecision:
     )
 
 
-def labelled_rows(ws: Workspace) -> LabelledRows:
-    """Every late label joined to the captured input it labels (latest label per row wins)."""
+def _labelled_since(ws: Workspace, cutoff: float | None) -> int:
+    """Labels joined to their prediction since ``cutoff`` whose label is a class of the schema
+    (after taking in new labels); their inputs are not read, so some may still be unusable."""
     from tidal.monitoring.feedback import label_text
-    from tidal.monitoring.labels import matched_rows, sync
+    from tidal.monitoring.labels import matched_since, sync
     from tidal.pipeline import load_schema
 
     sync(ws)
+    schema = load_schema(ws)
+    if schema is None:
+        return 0
+    classes = {text for c in schema.labels if (text := label_text(c)) is not None}
+    return matched_since(ws, cutoff, sorted(classes))
+
+
+def labelled_rows(ws: Workspace, *, sync: bool = True) -> LabelledRows:
+    """Every late label joined to the captured input it labels (latest label per row wins);
+    ``sync``: take in new labels first."""
+    from tidal.monitoring import labels
+    from tidal.monitoring.feedback import label_text
+    from tidal.pipeline import load_schema
+
+    if sync:
+        labels.sync(ws)
     schema = load_schema(ws)
     if schema is None:
         return LabelledRows([], [])
@@ -227,7 +255,7 @@ def labelled_rows(ws: Workspace) -> LabelledRows:
     rows: list[dict[str, Any]] = []
     received: list[float] = []
     unusable = 0
-    for given, label, received_at in matched_rows(ws):
+    for given, label, received_at in labels.matched_rows(ws):
         value = classes.get(label_text(label))
         if value is None or any(name not in given for name in names):
             unusable += 1

@@ -76,9 +76,8 @@ def _versions(ws: Workspace) -> list[_Version]:
         for info in ws.store.list(f"{MONITOR}/v{entry.version}"):
             if not (info.name.startswith("window-") and info.name.endswith(".json")):
                 continue
-            stats = WindowStats.from_json(
-                json.dumps(json.loads(ws.store.get_bytes(info.key))["stats"])
-            )
+            doc = json.loads(ws.store.get_bytes(info.key))
+            stats = WindowStats.from_json(json.dumps(doc["stats"]))
             if stats.fingerprint != baseline.fingerprint:
                 continue  # binned against an older baseline
             report = compare(baseline, stats, thresholds)
@@ -88,7 +87,8 @@ def _versions(ws: Workspace) -> list[_Version]:
                 for k, v in f.metrics.items()
                 if k in ("psi", "length_psi") and v is not None and math.isfinite(v)
             ]
-            start = float(info.name[len("window-") : -len(".json")])
+            name = info.name[len("window-") : -len(".json")]
+            start = float(doc["first_ts"] if name.startswith("n") else name)  # count: n<index>
             entry.windows.append((start, max(psis, default=None), stats.rows))
         entry.windows.sort()
     return sorted(found.values(), key=lambda v: _version_key(v.version))

@@ -59,7 +59,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -489,27 +489,65 @@ def read_capture(store: Store, prefix: str, model: str) -> Iterator[dict[str, An
         yield from read_object(store, info.key)
 
 
-def read_object(store: Store, key: str) -> Iterator[dict[str, Any]]:
-    """The records of one capture object (JSON Lines or Parquet); other objects have none."""
+def read_object(
+    store: Store, key: str, ids: Container[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """The records of one capture object (JSON Lines or Parquet); other objects have none.
+    ``ids``: only the records of these inference ids; a JSON Lines line of another id is
+    skipped unparsed (its id is read from where the writer puts it, first)."""
+    for line in _lines(store, key, ids):
+        inputs = line.pop("inputs", None)
+        if inputs is None:  # a record already: a line of one row, as written before 2026-11-22
+            yield line
+            continue
+        outputs = line.pop("outputs")
+        for row, (given, answer) in enumerate(zip(inputs, outputs, strict=False)):
+            yield {
+                "inference_id": line["inference_id"],
+                "row": row,
+                **line,
+                "input": given,
+                "output": answer,
+            }
+
+
+def read_predictions(
+    store: Store, key: str, ids: Container[str] | None = None
+) -> Iterator[tuple[str, int, dict[str, Any], dict[str, Any]]]:
+    """(inference_id, row, line, output) per row of one capture object, as ``read_object``
+    without building a record per row: ``line`` holds ts, model, version, variant and
+    latency_ms of the row's request (and more keys, to be ignored)."""
+    for line in _lines(store, key, ids):
+        inference_id = str(line.get("inference_id"))
+        outputs = line.get("outputs")
+        if outputs is None:
+            yield inference_id, int(line.get("row", 0)), line, line.get("output") or {}
+            continue
+        for row, answer in enumerate(outputs):
+            yield inference_id, row, line, answer
+
+
+_ID_OPENS = b'{"inference_id":"'  # how every line this module writes starts
+
+
+def _lines(store: Store, key: str, ids: Container[str] | None) -> Iterator[dict[str, Any]]:
+    """The parsed lines of a capture object: one per request (or per row, in objects written
+    before 2026-11-22, and in Parquet); with ``ids``, those of these inference ids only."""
     if key.endswith(".jsonl"):
+        opens = len(_ID_OPENS)
         for line in store.get_bytes(key).splitlines():
-            if line.strip():
-                record = _loads(line)
-                inputs = record.pop("inputs", None)
-                if inputs is None:  # a line of one row, as written before 2026-11-22
-                    yield record
+            if ids is not None and line.startswith(_ID_OPENS):
+                if line[opens : line.find(b'"', opens)].decode() not in ids:
                     continue
-                outputs = record.pop("outputs")
-                for row, (given, answer) in enumerate(zip(inputs, outputs, strict=False)):
-                    yield {
-                        "inference_id": record["inference_id"],
-                        "row": row,
-                        **record,
-                        "input": given,
-                        "output": answer,
-                    }
+                yield _loads(line)
+            elif line.strip():
+                record = _loads(line)
+                if ids is None or record.get("inference_id") in ids:
+                    yield record
     elif key.endswith(".parquet"):
-        yield from _read_parquet(store.get_bytes(key))
+        for record in _read_parquet(store.get_bytes(key)):
+            if ids is None or record["inference_id"] in ids:
+                yield record
 
 
 def _read_parquet(data: bytes) -> Iterator[dict[str, Any]]:
