@@ -26,6 +26,19 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+# one B-tree (WITHOUT ROWID): a label is written once, not into a table and its key's index
+LABELS = """CREATE TABLE IF NOT EXISTS labels(
+  model TEXT NOT NULL,
+  inference_id TEXT NOT NULL,
+  row INTEGER NOT NULL,
+  label TEXT NOT NULL,
+  received_at REAL NOT NULL,
+  replaced INTEGER NOT NULL DEFAULT 0,
+  status TEXT NOT NULL,
+  version TEXT, variant TEXT, ts REAL, predicted TEXT, input TEXT, source TEXT,
+  PRIMARY KEY(model, inference_id, row)
+) WITHOUT ROWID;"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -99,19 +112,21 @@ CREATE TABLE IF NOT EXISTS retrain_decisions(
   doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS retrain_decisions_model ON retrain_decisions(model, id);
-CREATE TABLE IF NOT EXISTS labels(
-  model TEXT NOT NULL,
-  inference_id TEXT NOT NULL,
-  row INTEGER NOT NULL,
-  label TEXT NOT NULL,
-  received_at REAL NOT NULL,
-  replaced INTEGER NOT NULL DEFAULT 0,
-  status TEXT NOT NULL,
-  version TEXT, variant TEXT, ts REAL, predicted TEXT, input TEXT, source TEXT,
-  PRIMARY KEY(model, inference_id, row)
-);
+{LABELS}
 DROP INDEX IF EXISTS labels_status;
-CREATE INDEX IF NOT EXISTS labels_pending ON labels(model) WHERE status = 'pending';
+DROP INDEX IF EXISTS labels_pending;
+CREATE INDEX IF NOT EXISTS labels_open ON labels(model) WHERE status != 'matched';
+CREATE INDEX IF NOT EXISTS labels_replaced ON labels(model) WHERE replaced > 0;
+CREATE TABLE IF NOT EXISTS label_cells(
+  model TEXT NOT NULL,
+  version TEXT NOT NULL,
+  variant TEXT NOT NULL,
+  minute INTEGER NOT NULL,
+  label TEXT NOT NULL,
+  predicted TEXT NOT NULL,
+  n INTEGER NOT NULL,
+  PRIMARY KEY(model, version, variant, minute, label, predicted)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   ts REAL NOT NULL,
@@ -122,6 +137,7 @@ CREATE TABLE IF NOT EXISTS events(
   data TEXT
 );
 """
+SCHEMA = SCHEMA.replace("{LABELS}", LABELS)
 
 
 ACTIVE_ROLLOUT = ("baking", "paused", "warming")
@@ -194,6 +210,33 @@ def owner_alive(owner: str | None) -> bool:
     return True
 
 
+def _rebuild_labels(db: sqlite3.Connection) -> None:
+    """A labels table made before 2026-11-22 (a rowid table, without ``source``) becomes the
+    one ``LABELS`` makes, with its rows; its indexes are made again by ``SCHEMA``."""
+    found = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='labels'")
+    row = found.fetchone()
+    if row is None or "WITHOUT ROWID" in row[0].upper():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE labels RENAME TO labels_before")
+        names = [r[1] for r in db.execute("PRAGMA table_info(labels_before)")]
+        for (index,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='labels_before'"
+            " AND sql IS NOT NULL"
+        ).fetchall():
+            db.execute(f'DROP INDEX "{index}"')
+        db.execute(LABELS)
+        kept = {r[1] for r in db.execute("PRAGMA table_info(labels)")}
+        columns = ", ".join(n for n in names if n in kept)
+        db.execute(f"INSERT INTO labels({columns}) SELECT {columns} FROM labels_before")
+        db.execute("DROP TABLE labels_before")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 class State:
     """All reads and writes of the controller database."""
 
@@ -202,10 +245,18 @@ class State:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
+            counted = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='label_cells'"
+            ).fetchone()
+            _rebuild_labels(db)
             db.executescript(SCHEMA)
-            columns = {r["name"] for r in db.execute("PRAGMA table_info(labels)")}
-            if "source" not in columns:  # a database made before 2026-11-22
-                db.execute("ALTER TABLE labels ADD COLUMN source TEXT")
+            if not counted:  # a database made before 2026-11-22: count its joined labels once
+                db.execute(
+                    "INSERT INTO label_cells SELECT model, COALESCE(version, ''),"
+                    " COALESCE(variant, ''), CAST(COALESCE(ts, 0) / 60 AS INTEGER),"
+                    " label, COALESCE(predicted, ''), COUNT(*) FROM labels"
+                    " WHERE status = 'matched' GROUP BY 1, 2, 3, 4, 5, 6"
+                )
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)

@@ -123,16 +123,38 @@ def test_quality_counted_by_sqlite_equals_the_row_by_row_join(ws: Workspace) -> 
     labels += [dict(x, label="high") for x in rng.sample(labels, 50)]  # corrections come later
     FeedbackStore(ws.store).add(labels)
     sync(ws)
-    counted = quality_report(ws, window_s=1800)
-    expected = join(read_capture(ws.store, CAPTURE_PREFIX, "toy"), labels, window_s=1800)
-    assert counted.matched == expected.matched == 600 and counted.duplicates == 50
-    assert len(counted.windows) == len(expected.windows) > 6
-    for mine, theirs in zip(counted.totals + counted.windows,
-                            expected.totals + expected.windows, strict=True):  # fmt: skip
-        assert (mine.version, mine.window_start, mine.samples, mine.correct) == (
-            theirs.version, theirs.window_start, theirs.samples, theirs.correct
-        )  # fmt: skip
-        assert mine.macro_f1 == pytest.approx(theirs.macro_f1)
+    # 1800 s: from the counted cells; 1000 s (not whole minutes): from the rows
+    for window_s in (1800, 1000):
+        counted = quality_report(ws, window_s=window_s)
+        captured = read_capture(ws.store, CAPTURE_PREFIX, "toy")
+        expected = join(captured, labels, window_s=window_s)
+        assert counted.matched == expected.matched == 600 and counted.duplicates == 50
+        assert len(counted.windows) == len(expected.windows) > 6
+        for mine, theirs in zip(counted.totals + counted.windows,
+                                expected.totals + expected.windows, strict=True):  # fmt: skip
+            assert (mine.version, mine.window_start, mine.samples, mine.correct) == (
+                theirs.version, theirs.window_start, theirs.samples, theirs.correct
+            )  # fmt: skip
+            assert mine.macro_f1 == pytest.approx(theirs.macro_f1)
+
+
+def test_a_label_that_comes_before_its_prediction_is_counted_once_it_is_joined(
+    ws: Workspace,
+) -> None:
+    at = time.time()
+    early = new_inference_id(at)
+    FeedbackStore(ws.store).add([{"inference_id": early, "label": "high"}])
+    sync(ws)
+    report = quality_report(ws, window_s=3600)
+    assert (report.matched, report.unmatched, report.totals) == (0, 1, [])
+    writer = CaptureWriter(ws.store, CAPTURE_PREFIX, flush_interval_s=60.0, clock=lambda: at)
+    rows = [{"x": 1.0, "color": "red"}]
+    writer.offer("toy", "1", "default", early, 1.0, rows, traffic_answers(rows))  # "high"
+    assert writer.flush()
+    writer.close()
+    assert sync(ws).matched == 1
+    (total,) = quality_report(ws, window_s=3600).totals
+    assert (total.samples, total.correct) == (1, 1)
 
 
 def test_the_join_keeps_where_an_input_is_not_a_copy_of_it(ws: Workspace) -> None:

@@ -235,3 +235,37 @@ def test_progress_keeps_the_latest_report(tmp_path: Path) -> None:
     state.set_progress(7, {"step": 5, "total": 10, "loss": 0.7})
     got = state.progress(7)
     assert got is not None and got["step"] == 5 and got["loss"] == 0.7 and got["updated_at"] > 0
+
+
+def test_a_database_of_an_older_release_gains_the_label_columns_and_counts(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:  # the labels table as released before 2026-11-22
+        db.execute(
+            "CREATE TABLE labels(model TEXT NOT NULL, inference_id TEXT NOT NULL,"
+            " row INTEGER NOT NULL, label TEXT NOT NULL, received_at REAL NOT NULL,"
+            " replaced INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL, version TEXT,"
+            " variant TEXT, ts REAL, predicted TEXT, input TEXT,"
+            " PRIMARY KEY(model, inference_id, row))"
+        )
+        db.executemany(
+            "INSERT INTO labels VALUES ('toy', ?, 0, ?, 1.0, 0, ?, '1', 'default', 120.5, 'a',"
+            " '{\"x\": 1}')",
+            [("i1", "a", "matched"), ("i2", "b", "matched"), ("i3", "a", "pending")],
+        )
+    State(path)
+    State(path)  # opening again counts nothing twice
+    with sqlite3.connect(path) as db:
+        assert "source" in {r[1] for r in db.execute("PRAGMA table_info(labels)")}
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name='labels'").fetchone()
+        assert "WITHOUT ROWID" in sql
+        kept = db.execute("SELECT inference_id, status, input FROM labels").fetchall()
+        cells = db.execute("SELECT minute, label, predicted, n FROM label_cells").fetchall()
+        indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert sorted(kept) == [("i1", "matched", '{"x": 1}'), ("i2", "matched", '{"x": 1}'),
+                            ("i3", "pending", '{"x": 1}')]  # fmt: skip
+    assert sorted(cells) == [(2, "a", "a", 1), (2, "b", "a", 1)]
+    assert {"labels_open", "labels_replaced"} <= indexes

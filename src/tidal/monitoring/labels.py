@@ -18,15 +18,22 @@ the next for a request that straddled it). A pass (``sync``):
 Labels whose ids carry no time (ids made before time-ordered ids) are looked for by one read of
 all the capture, in the pass they arrive. So a pass costs the new labels and the hours they
 name, never all traffic; live quality (``quality_report``) and the retrain policy's labelled
-rows (``matched_rows``) read the table: one row per labelled prediction. Live quality is counted
-by SQLite (one row per version, variant, window, label and prediction), not row by row.
+rows (``matched_rows``) read the table: one row per labelled prediction.
+
+Live quality is kept counted as it is joined: ``label_cells`` holds, per version, variant,
+minute (of the prediction), true label and predicted label, how many joined labels fall there,
+and each pass adds its own (a replaced label moves from its old cell to its new one). A quality
+report reads those cells, not the labelled rows, for any ``window_s`` that is a whole number of
+minutes; other windows are counted from the rows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +51,8 @@ HOUR_S = 3600.0
 PENDING, MATCHED, UNMATCHED = "pending", "matched", "unmatched"
 Key = tuple[str, int]  # (inference_id, row)
 Join = tuple[str, str | None, str | None, float | None, str | None, str | None]
+Cell = tuple[str, str, int, str, str]  # version, variant, minute, label, predicted
+CHUNK = 500  # ids per query when looking up labels already stored
 
 log = logging.getLogger("tidal.monitoring.labels")
 
@@ -62,7 +71,10 @@ def sync(ws: Workspace, *, now: float | None = None) -> SyncResult:
     result = SyncResult()
     new, replaced, objects = _new_labels(ws)
     result.labels = len(new) + sum(replaced.values())
-    wanted = {key: inference_time(key[0]) for key in new} | _pending(ws)
+    pending = _pending(ws)
+    wanted = {key: inference_time(key[0]) for key in new} | {
+        key: inference_time(key[0]) for key in pending
+    }
     ids = {key[0] for key in wanted}
     found: dict[Key, Join] = {}
     read: set[str] = set()
@@ -85,7 +97,7 @@ def sync(ws: Workspace, *, now: float | None = None) -> SyncResult:
         if key not in found
         and (when is None or when // HOUR_S * HOUR_S + 2 * HOUR_S + LATE_S < now)
     }
-    _store(ws, new, replaced, found, final)
+    _store(ws, new, replaced, found, final, pending)
     if objects:
         ws.state.mark_seen(f"labels:{ws.model_name}", objects, objects[-1][0])
     result.matched = len(found)
@@ -98,34 +110,43 @@ def quality_report(ws: Workspace, *, window_s: float) -> QualityReport:
 
     if window_s <= 0:
         raise ValueError(f"window_s must be > 0, got {window_s}")
+    model = ws.model_name
     with ws.state.tx() as db:
         db.row_factory = None
-        counts = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(replaced), 0), COALESCE(SUM(status=?), 0)"
-            " FROM labels WHERE model=?",
-            (MATCHED, ws.model_name),
+        distinct = db.execute("SELECT COUNT(*) FROM labels WHERE model=?", (model,)).fetchone()
+        replaced = db.execute(  # indexed: labels_replaced
+            "SELECT COALESCE(SUM(replaced), 0) FROM labels WHERE model=? AND replaced > 0",
+            (model,),
         ).fetchone()
-        cells = db.execute(  # the confusion matrix per version, variant and window
-            "SELECT version, variant, CAST(ts / ? AS INTEGER) AS w, label, predicted, COUNT(*)"
-            " FROM labels WHERE model=? AND status=? GROUP BY version, variant, w, label,"
-            " predicted",
-            (window_s, ws.model_name, MATCHED),
+        if window_s % 60 == 0:  # from the counted cells
+            cells = db.execute(
+                "SELECT version, variant, CAST(minute * 60 / ? AS INTEGER) AS w, label,"
+                " predicted, SUM(n) FROM label_cells WHERE model=? AND n > 0"
+                " GROUP BY version, variant, w, label, predicted",
+                (window_s, model),
+            ).fetchall()
+        else:
+            cells = db.execute(
+                "SELECT version, variant, CAST(ts / ? AS INTEGER) AS w, label, predicted,"
+                " COUNT(*) FROM labels WHERE model=? AND status=?"
+                " GROUP BY version, variant, w, label, predicted",
+                (window_s, model, MATCHED),
+            ).fetchall()
+        missing = db.execute(  # indexed: labels_open
+            f"SELECT inference_id FROM labels WHERE model=? AND status!='{MATCHED}' LIMIT 10",
+            (model,),
         ).fetchall()
-        missing = db.execute(
-            "SELECT inference_id FROM labels WHERE model=? AND status!=? LIMIT 10",
-            (ws.model_name, MATCHED),
-        ).fetchall()
-    distinct, replaced, matched = (int(x) for x in counts)
     frame = pd.DataFrame.from_records(
         cells, columns=["version", "variant", "window", "label", "predicted", "count"]
-    ).assign(model=ws.model_name)
+    ).assign(model=model)
     frame["ts"] = (frame["window"] + 0.5) * window_s  # the middle of its window
+    matched = int(frame["count"].sum())
     report = QualityReport(
         window_s=window_s,
-        labels=distinct + replaced,
-        duplicates=replaced,
+        labels=int(distinct[0]) + int(replaced[0]),
+        duplicates=int(replaced[0]),
         matched=matched,
-        unmatched=distinct - matched,
+        unmatched=int(distinct[0]) - matched,
         unmatched_examples=[m[0] for m in missing],
     )
     return score(report, frame)
@@ -194,14 +215,15 @@ def _new_labels(ws: Workspace) -> tuple[dict[Key, dict[str, Any]], dict[Key, int
     return latest, replaced, [(i.key, i.mtime, i.size) for i in infos]
 
 
-def _pending(ws: Workspace) -> dict[Key, float | None]:
-    """Pending labels and the time their ids name (None: the id has none)."""
-    rows = _rows(
+def _pending(ws: Workspace) -> dict[Key, str]:
+    """Pending labels: their label (as text)."""
+    rows = _rows(  # indexed: labels_open (its condition is spelled out for the planner)
         ws,
-        f"SELECT inference_id, row FROM labels WHERE model=? AND status='{PENDING}'",  # indexed
+        f"SELECT inference_id, row, label FROM labels WHERE model=? AND status!='{MATCHED}'"
+        f" AND status='{PENDING}'",
         (ws.model_name,),
     )
-    return {(r["inference_id"], r["row"]): inference_time(r["inference_id"]) for r in rows}
+    return {(r["inference_id"], r["row"]): r["label"] for r in rows}
 
 
 def _hour_objects(ws: Workspace, hour: float) -> list[str]:
@@ -231,40 +253,89 @@ def _store(
     replaced: dict[Key, int],
     found: dict[Key, Join],
     final: set[Key],
+    pending: dict[Key, str],
 ) -> None:
     """Write each new label once, joined where its prediction was found; then the pending
-    labels found or given up this pass. A label for a row labelled before replaces it and keeps
-    the prediction it was joined to."""
+    labels found or given up this pass; and count the joined ones into their quality cells. A
+    label for a row labelled before replaces it and keeps the prediction it was joined to."""
     unmatched: Join = (UNMATCHED, None, None, None, None, None)
-    pending: Join = (PENDING, None, None, None, None, None)
+    waiting: Join = (PENDING, None, None, None, None, None)
 
     def joined(key: Key) -> Join:
-        return found.get(key) or (unmatched if key in final else pending)
+        return found.get(key) or (unmatched if key in final else waiting)
+
+    added: list[Cell] = []  # a joined label each (counted at once: Counter.update is C)
+    removed: list[Cell] = []  # a replaced label each
 
     model = ws.model_name
     now = time.time()
     with ws.state.tx() as db:
+        before = _stored(db, model, new)
+        fresh, again = [], []
+        for key, x in new.items():
+            label, at = label_text(x["label"]), float(x.get("received_at") or now)
+            n = replaced.get(key, 0)
+            old = before.get(key) if before else None
+            if old is None:
+                join = found.get(key) or (unmatched if key in final else waiting)
+                fresh.append((model, key[0], key[1], label, at, n, *join))
+            else:  # a row joined before keeps its join; a pending one takes this pass's
+                join = old[1:] if old[1] == MATCHED else joined(key)
+                if old[1] == MATCHED:
+                    removed.append(_cell(old[1:], old[0]))
+                again.append((label, at, 1 + n, *join, model, key[0], key[1]))
+            if join[0] == MATCHED:
+                added.append(_cell(join, label))
         db.executemany(
             "INSERT INTO labels(model, inference_id, row, label, received_at, replaced, status,"
-            " version, variant, ts, predicted, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(model, inference_id, row) DO UPDATE SET label=excluded.label,"
-            " received_at=excluded.received_at, replaced=replaced+1+excluded.replaced"
-            + "".join(  # a row joined before keeps its join; a pending one takes this pass's
-                f", {c}=CASE WHEN status='{MATCHED}' THEN {c} ELSE excluded.{c} END"
-                for c in ("version", "variant", "ts", "predicted", "source", "status")
-            ),
-            [
-                (model, key[0], key[1], label_text(x["label"]),
-                 float(x.get("received_at") or now), replaced.get(key, 0), *joined(key))
-                for key, x in new.items()
-            ],
-        )  # fmt: skip
+            " version, variant, ts, predicted, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            fresh,
+        )
+        db.executemany(
+            "UPDATE labels SET label=?, received_at=?, replaced=replaced+?, status=?, version=?,"
+            " variant=?, ts=?, predicted=?, source=? WHERE model=? AND inference_id=? AND row=?",
+            again,
+        )
+        later = [key for key in (set(found) | final) - set(new) if key in pending]
+        added += [_cell(found[key], pending[key]) for key in later if key in found]
+        cells = Counter(added)
+        cells.subtract(removed)
         db.executemany(
             "UPDATE labels SET status=?, version=?, variant=?, ts=?, predicted=?, source=?"
             " WHERE model=? AND inference_id=? AND row=? AND status=?",
-            [(*joined(key), model, key[0], key[1], PENDING)
-             for key in (set(found) | final) - set(new)],
-        )  # fmt: skip
+            [(*joined(key), model, key[0], key[1], PENDING) for key in later],
+        )
+        db.executemany(
+            "INSERT INTO label_cells(model, version, variant, minute, label, predicted, n)"
+            " VALUES (?,?,?,?,?,?,?) ON CONFLICT(model, version, variant, minute, label,"
+            " predicted) DO UPDATE SET n = n + excluded.n",
+            [(model, *cell, n) for cell, n in cells.items() if n],
+        )
+
+
+def _cell(join: Join | tuple[Any, ...], label: str | None) -> Cell:
+    """The quality cell of a joined label: version, variant, minute, label, predicted."""
+    ts = join[3]
+    minute = int(ts // 60) if isinstance(ts, (int, float)) else 0
+    return (join[1] or "", join[2] or "", minute, label or "", join[4] or "")
+
+
+def _stored(db: sqlite3.Connection, model: str, keys: dict[Key, Any]) -> dict[Key, tuple[Any, ...]]:
+    """The labels already stored for ``keys``: (label, status, version, variant, ts,
+    predicted, source) by key; a lookup of the primary key, ``CHUNK`` ids a query."""
+    ids = sorted({key[0] for key in keys})
+    found: dict[Key, tuple[Any, ...]] = {}
+    for i in range(0, len(ids), CHUNK):
+        part = ids[i : i + CHUNK]
+        for r in db.execute(
+            "SELECT inference_id, row, label, status, version, variant, ts, predicted, source"
+            f" FROM labels WHERE model=? AND inference_id IN ({','.join('?' * len(part))})",
+            (model, *part),
+        ):
+            key = (r[0], r[1])
+            if key in keys:
+                found[key] = tuple(r)[2:]
+    return found
 
 
 def _rows(ws: Workspace, sql: str, args: tuple[Any, ...]) -> list[Any]:
