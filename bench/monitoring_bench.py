@@ -49,7 +49,7 @@ from typing import Any
 import psutil
 from peers.harness import Server, Spec, command, get, running, wrk
 from peers.install import ensure_wrk
-from serving_bench import BIN, RESULTS, deploy, machine, save
+from serving_bench import BIN, RESULTS, Model, _read_csv, deploy, machine, save, tidal_cli
 
 CONFIGS = {
     "A": "capture off (`capture_sample_rate` 0)",
@@ -337,6 +337,80 @@ def bench(
     return found
 
 
+# -- a model without training: for a machine without MLflow ----------------------------------
+
+# nearest class centroid on standardised features: the breast-cancer example's 30 numbers in,
+# label and probabilities out, in plain Python (what the endpoint does around it is the same)
+CENTROIDS = """
+import json, math, os
+
+
+def model_fn(model_dir):
+    with open(os.path.join(model_dir, "centroids.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def predict_fn(rows, model):
+    out = []
+    for row in rows:
+        d = {c: math.sqrt(sum(((row[f] or 0.0) - m) ** 2 / s ** 2
+                              for f, m, s in zip(model["features"], means, model["scale"])))
+             for c, means in model["centroids"].items()}
+        weights = {c: math.exp(-v) for c, v in d.items()}
+        total = sum(weights.values())
+        probabilities = {c: w / total for c, w in weights.items()}
+        out.append({"label": max(probabilities, key=probabilities.get),
+                    "probabilities": probabilities})
+    return out
+"""
+
+
+def deploy_python(root: Path) -> Model:
+    """The tabular example's workspace with a ``python``-flavor model deployed as v1 (a class
+    centroid model of its batch-1.csv, with its drift baseline): no training step, no MLflow."""
+    import pandas as pd
+
+    from tidal.artifact import Feature, Manifest, write_manifest
+    from tidal.monitoring.job import build_baseline, save_baseline
+    from tidal.workspace import Workspace
+
+    started = time.monotonic()
+    ws = root / "tabular"
+    tidal_cli("init", str(ws), "--example", "tabular")
+    frame = pd.read_csv(ws / "data" / "batch-1.csv")
+    label = "diagnosis"
+    features = [c for c in frame.columns if c != label]
+    folder = ws / ".tidal" / "models" / "v1"
+    folder.mkdir(parents=True)
+    (folder / "inference.py").write_text(CENTROIDS, encoding="utf-8")
+    model = {
+        "features": features,
+        "scale": [float(frame[f].std() or 1.0) for f in features],
+        "centroids": {
+            str(c): [float(v) for v in group[features].mean()] for c, group in frame.groupby(label)
+        },
+    }
+    (folder / "centroids.json").write_text(json.dumps(model), encoding="utf-8")
+    classes = sorted(str(c) for c in frame[label].unique())
+    manifest = Manifest(
+        "python", "tabular", [Feature(f, "number") for f in features], classes, label
+    )
+    sha = write_manifest(folder, manifest)
+    workspace = Workspace.open(ws)
+    save_baseline(workspace, "1", build_baseline(workspace, frame[features], manifest))
+    workspace.state.deploy(workspace.model_name, "1", str(folder), sha, reason="bench")
+    row = _read_csv(ws / "data" / "batch-2.csv")[0]
+    body = root / "tabular-body.json"
+    body.write_text(
+        json.dumps({"instances": [{k: float(v) for k, v in row.items() if k != label}]})
+    )
+    description = (
+        f"the breast-cancer example's {len(features)} features, a nearest-centroid model of its "
+        f"{len(frame)}-row batch-1.csv in plain Python (`python` flavor, no training step)"
+    )
+    return Model("tabular", ws, folder, body, "1", time.monotonic() - started, description)
+
+
 # -- what the pieces cost, in process ----------------------------------------------------------
 
 
@@ -523,6 +597,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--monitor-interval", type=float, default=5.0, help="C: seconds (5)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the .md and .json")
     parser.add_argument("--keep", action="store_true", help="keep the workspaces and logs")
+    parser.add_argument(
+        "--model",
+        choices=("sklearn", "python"),
+        default="sklearn",
+        help="sklearn: trained by `tidal run` (the default); python: a plain-Python model, "
+        "deployed without a training step (for a machine without MLflow)",
+    )
     args = parser.parse_args(argv)
     args.levels = [int(c) for c in args.levels.split(",")]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -543,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         logs = root / "logs"
         logs.mkdir()
-        model = deploy(root, "tabular", 0)
+        model = deploy_python(root) if args.model == "python" else deploy(root, "tabular", 0)
         report["model"] = model.description
         print(f"model v{model.version} trained and deployed in {model.train_s:.0f} s")
         workspaces = {name: root / f"ws-{name}" for name in CONFIGS}
