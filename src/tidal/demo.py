@@ -178,6 +178,7 @@ def run_demo(
                 wait_record=_wait_record,
                 say_record=_say_record,
                 wait_s=wait_s,
+                wait_served=_wait_served,
             )
     finally:
         stop.set()
@@ -365,7 +366,11 @@ def _say_table(console: Console, summary: dict[str, Any]) -> None:
     ):
         table.add_column(col)
     act = summary.get("monitoring") or {}
-    retrain = [_row(Path(act["run"]["source"]).name, act["run"], None)] if act.get("run") else []
+    retrain = (
+        [_row(Path(act["run"]["source"]).name, act["run"], act.get("served_s"))]
+        if act.get("run")
+        else []
+    )
     for r in summary["runs"] + retrain:
         table.add_row(
             r["file"],

@@ -72,6 +72,7 @@ def run_act(
     wait_record: Any,
     say_record: Any,
     wait_s: float,
+    wait_served: Any = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Serve ``path``, label it, monitor, retrain and roll out; returns what happened."""
@@ -134,6 +135,12 @@ def run_act(
     act["run"] = record
     if record["decision"] == "promoted":
         act["rollout"] = _canary(ws, url, instances, say)
+        champion = ws.state.current_deployment(ws.model_name)
+        if champion is not None:
+            record["champion"] = champion.version  # after the rollout, not as the run ended
+            if wait_served is not None:  # the endpoint has loaded it before the demo ends
+                landed = run.landed_at or time.time()
+                act["served_s"] = wait_served(url, champion.version, landed, wait_s)
     return act
 
 

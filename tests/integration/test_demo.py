@@ -73,6 +73,9 @@ def test_tabular_demo_tells_the_whole_story() -> None:
         assert act["rollout"]["status"] in ("promoted", "rolled_back")
         if act["rollout"]["status"] == "promoted":
             assert summary["champion"] == retrain["version"]
+        # the champion after the rollout, served before the demo ended (no load left behind)
+        assert retrain["champion"] == summary["champion"]
+        assert act["served_s"] > 0
     else:
         assert summary["champion"] == first_champion
 
