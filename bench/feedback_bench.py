@@ -14,6 +14,9 @@ Two figures, goal at most 2 s each on this machine:
   object): ``labels.sync`` (read the labels, read the capture hours they name, store the join)
   then ``labels.quality_report``; then the next pass with 1,000 more labels (``incremental``);
   the median of ``--passes`` fresh workspaces (each one's figures listed in ``passes``).
+
+``cpu_reference_s``: a 10,000,000-step Python loop timed before and after, the machine's speed
+during the run.
 """
 
 from __future__ import annotations
@@ -109,12 +112,23 @@ def product_pass(captured: list[dict[str, Any]], labels: list[dict[str, Any]]) -
     }
 
 
+def cpu_reference() -> float:
+    """Seconds a fixed pure-Python loop takes now: this machine's speed at the time of the run
+    (a shared VM's varies by 2× or more from hour to hour), to read the other figures against."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return round(time.perf_counter() - started, 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--passes", type=int, default=3)
     args = parser.parse_args()
+    reference_before = cpu_reference()
     captured, labels = build(args.rows)
     times = []
     report = None
@@ -145,6 +159,7 @@ def main() -> None:
             }
             | passed
             | {"pass_ok": passed["pass_seconds"] <= 2.0}
+            | {"cpu_reference_s": [reference_before, cpu_reference()]}
         )
     )
 
