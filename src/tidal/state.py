@@ -4,7 +4,8 @@ Tables: ``runs`` (the queue and each run's state), ``steps`` (each completed ste
 run resumes after its last completed step), ``cursors`` and ``seen`` (what the polling trigger
 has already queued), ``deployments`` (which version serves, in order), ``rollouts`` and
 ``variant_stats``, ``retrain_decisions`` (the retrain policy's), ``labels`` (late labels and
-the predictions they joined, ``tidal.monitoring.labels``) and ``events`` (an audit log that
+the predictions they joined, ``tidal.monitoring.labels``), ``label_cells`` (those joined labels
+counted per version, variant, minute, label and prediction) and ``events`` (an audit log that
 ``tidal status`` shows).
 
 A run is unique per (model, sha256 of its object): queueing the same bytes twice returns the
