@@ -18,6 +18,7 @@ from tidal.monitoring.job import (
     load_baseline,
     save_baseline,
 )
+from tidal.monitoring.report import write_report
 from tidal.serving.capture import CaptureWriter
 from tidal.workspace import Workspace
 from toy import TRAFFIC_FEATURES as FEATURES
@@ -161,6 +162,12 @@ def test_count_windows_hold_a_fixed_number_of_rows_in_capture_order(
     bigger = MonitorJob(ws, window_rows=250).run_once()["versions"]["1"]
     assert (bigger["rows"], bigger["status"], bigger["drifted"][0]) == (250, "drifted", "x")
     assert ws.store.exists("_tidal/monitor/v1/window-n3.json")
+
+    # the report draws the full count windows over time, each at its first row's time
+    drawn = write_report(ws, ws.root / "report.html")
+    assert drawn["plots"]["drift_over_time"]
+    page = (ws.root / "report.html").read_text(encoding="utf-8")
+    assert "window-n" not in page and page.count("<svg") >= 2
 
 
 def test_window_rows_must_be_positive(ws: Workspace) -> None:
