@@ -286,6 +286,7 @@ def _store(
                 again.append((label, at, 1 + n, *join, model, key[0], key[1]))
             if join[0] == MATCHED:
                 added.append(_cell(join, label))
+        fresh.sort()  # in key order: each row lands at the end of the table's B-tree
         db.executemany(
             "INSERT INTO labels(model, inference_id, row, label, received_at, replaced, status,"
             " version, variant, ts, predicted, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
