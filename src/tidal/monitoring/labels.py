@@ -275,14 +275,15 @@ def _store(
         for key, x in new.items():
             label, at = label_text(x["label"]), float(x.get("received_at") or now)
             n = replaced.get(key, 0)
-            old = before.get(key) if before else None
+            old = before.get(key)
             if old is None:
-                join = found.get(key) or (unmatched if key in final else waiting)
+                join = joined(key)
                 fresh.append((model, key[0], key[1], label, at, n, *join))
-            else:  # a row joined before keeps its join; a pending one takes this pass's
-                join = old[1:] if old[1] == MATCHED else joined(key)
+            else:  # a row joined before keeps its join (its label changes cell); a pending
+                join = joined(key)  # one takes this pass's
                 if old[1] == MATCHED:
-                    removed.append(_cell(old[1:], old[0]))
+                    join = old[1:]
+                    removed.append(_cell(join, old[0]))
                 again.append((label, at, 1 + n, *join, model, key[0], key[1]))
             if join[0] == MATCHED:
                 added.append(_cell(join, label))

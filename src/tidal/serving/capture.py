@@ -180,10 +180,9 @@ class CaptureWriter:
         if n != len(predictions):
             n = min(n, len(predictions))
         head = (inference_id, self.clock(), model, version, variant, latency_ms)
-        payload: Payload = (rows, predictions)
+        whole = n == len(rows) == len(predictions)
+        payload: Payload = (rows, predictions) if whole else (rows[:n], predictions[:n])
         if 0 < n <= EAGER_ROWS and self.format == "jsonl":
-            if n < len(rows) or n < len(predictions):
-                payload = (rows[:n], predictions[:n])
             with contextlib.suppress(Exception):  # else the flusher counts an encode_error
                 payload = _line(head, *payload)
         lock = self._lock
@@ -198,7 +197,7 @@ class CaptureWriter:
             stopped = self._stop.is_set()
             kept = 0 if stopped else n if n <= room else max(room, 0)
             if kept:
-                if kept < n or n < len(rows) or n < len(predictions):  # kept as lists, cut
+                if kept < n:  # the rows that fit, as lists
                     payload = (rows[:kept], predictions[:kept])
                 self._buffer.append((head, kept, payload))
                 self._queued += kept
