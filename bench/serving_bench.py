@@ -72,6 +72,7 @@ class Settings:
     text_rows: int = 300
     start_timeout_s: float = 180.0
     peer_threads: int = 1  # compute threads per peer process, as Tidal's worker_threads
+    tuned: bool = True  # also each peer in its best documented configuration on every core
     only: set[str] | None = None
     tidal_env: dict[str, str] = field(default_factory=dict)
 
@@ -404,8 +405,60 @@ def specs(model: Model, peers: dict[str, Any], settings: Settings) -> list[Spec]
                 },
             )
         )
+    if settings.tuned:
+        out += tuned_specs(model, peers, threads, peer_env)
     if settings.only:
-        out = [s for s in out if s.name in settings.only]
+        out = [s for s in out if s.name in settings.only or s.name.split("-")[0] in settings.only]
+    return out
+
+
+def tuned_specs(
+    model: Model, peers: dict[str, Any], threads: dict[str, str], peer_env: dict[str, str]
+) -> list[Spec]:
+    """Each peer in its best documented configuration on the cores Tidal's workers use.
+
+    One model process per core (uvicorn ``--workers``, LitServe ``workers_per_device``,
+    BentoML ``workers``), as Tidal runs ``serving.max_workers`` = 2 worker processes on two
+    cores, and the peer's own batching on for both suites where it has one (FastAPI has none).
+    """
+    folder, text = model.folder, model.kind == "text"
+    cores = len(os.sched_getaffinity(0))
+    peer_py = PEERS_VENV / "bin" / "python"
+    out = [
+        Spec(
+            "fastapi-tuned",
+            f"as fastapi, uvicorn `--workers {cores}` (one process per core)",
+            command(BIN / "python", PEERS / "fastapi_app.py", "--model", folder)
+            + command("--port", "{port}", "--workers", cores),
+            "/predict",
+            threads,
+        )
+    ]
+    if "litserve" in peers["peers"]:
+        batch, wait_s = (32, 0.005) if text else (64, 0.002)
+        out.append(
+            Spec(
+                "litserve-tuned",
+                f"as litserve, `workers_per_device` {cores}, {cores} API servers, "
+                f"max_batch_size {batch}, batch_timeout {wait_s * 1000:g} ms",
+                command(peer_py, PEERS / "litserve_app.py", "--model", folder, "--port", "{port}")
+                + command("--batch", batch, "--batch-timeout", wait_s, "--workers", cores),
+                "/predict",
+                peer_env,
+            )
+        )
+    if "bentoml" in peers["peers"]:
+        service = "bentoml_service:" + ("Text" if text else "TabularBatched")
+        out.append(
+            Spec(
+                "bentoml-tuned",
+                f"as bentoml, {cores} workers, adaptive batching (max {32 if text else 64})",
+                command(PEERS_VENV / "bin" / "bentoml", "serve", service, "--working-dir", PEERS)
+                + command("--host", "127.0.0.1", "--port", "{port}"),
+                "/predict",
+                peer_env | {"BENCH_WORKERS": str(cores)},
+            )
+        )
     return out
 
 
@@ -497,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
         help="OMP/MKL/OpenBLAS threads of each peer process (default 1, as Tidal's workers)",
     )
     parser.add_argument("--only", help="comma-separated servers: tidal,fastapi,litserve,...")
+    parser.add_argument(
+        "--no-tuned",
+        action="store_true",
+        help="leave out the peers' tuned configurations (one process per core, batching on)",
+    )
     parser.add_argument("--suites", default="tabular,text", help="tabular,text (default both)")
     parser.add_argument(
         "--tidal-env",
@@ -517,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         cold_repeats=args.cold_repeats or (2 if quick else 5),
         text_rows=args.text_rows or (200 if quick else 300),
         peer_threads=args.peer_threads,
+        tuned=not args.no_tuned,
         only=set(args.only.split(",")) if args.only else None,
         tidal_env=dict(kv.split("=", 1) for kv in args.tidal_env),
     )

@@ -7,7 +7,9 @@ Both load the deployed model with ``tidal.artifact.load_predictor`` in the servi
 constructor (BentoML's one worker process) and take ``{"instances": [...]}`` at ``POST
 /predict``. ``Tabular`` answers ``{"predictions": [...]}``, one request per call. ``Text`` uses
 BentoML's adaptive batching (up to 32 rows in one call; BentoML decides how long to wait): its
-answer is the request's own slice of the predictions, a JSON list.
+answer is the request's own slice of the predictions, a JSON list. ``TabularBatched`` is
+``Tabular`` with the same adaptive batching (up to 64 rows). ``BENCH_WORKERS`` sets every
+service's worker processes (BentoML's documented way to use N cores; default 1).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import bentoml
 from tidal.artifact import load_predictor
 
 MODEL = Path(os.environ.get("BENCH_MODEL_DIR", "."))
+WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 
 
-@bentoml.service(workers=1)
+@bentoml.service(workers=WORKERS)
 class Tabular:
     def __init__(self) -> None:
         self.predictor = load_predictor(MODEL)
@@ -33,11 +36,21 @@ class Tabular:
         return {"predictions": self.predictor.predict(instances)}
 
 
-@bentoml.service(workers=1)
+@bentoml.service(workers=WORKERS)
 class Text:
     def __init__(self) -> None:
         self.predictor = load_predictor(MODEL)
 
     @bentoml.api(batchable=True, max_batch_size=32)
+    def predict(self, instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.predictor.predict(instances)
+
+
+@bentoml.service(workers=WORKERS)
+class TabularBatched:
+    def __init__(self) -> None:
+        self.predictor = load_predictor(MODEL)
+
+    @bentoml.api(batchable=True, max_batch_size=64)
     def predict(self, instances: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self.predictor.predict(instances)

@@ -1,11 +1,14 @@
 """LitServe serving Tidal's predictor: one inference worker process, optional batching.
 
     .bench/peers-venv/bin/python bench/peers/litserve_app.py --model DIR --port PORT [--batch 32]
+        [--workers N]
 
 Runs in the peers venv with Tidal's ``src`` on ``PYTHONPATH``: ``setup`` loads the deployed
 model with ``tidal.artifact.load_predictor`` inside LitServe's worker. ``POST /predict`` takes
 ``{"instances": [...]}``. With ``--batch N`` LitServe gathers up to N requests (waiting at most
-``--batch-timeout`` seconds) and ``predict`` gets their row lists together.
+``--batch-timeout`` seconds) and ``predict`` gets their row lists together. ``--workers N`` is
+LitServe's ``workers_per_device`` (N inference processes on the CPU "device") with as many API
+server processes, its documented way to use N cores.
 """
 
 import argparse
@@ -51,13 +54,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--batch", type=int, default=1, help="max_batch_size (1: no batching)")
     parser.add_argument("--batch-timeout", type=float, default=0.005, help="seconds")
+    parser.add_argument("--workers", type=int, default=1, help="workers_per_device")
     args = parser.parse_args()
     api = TidalAPI(args.model, args.batch, args.batch_timeout if args.batch > 1 else 0.0)
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers)
     server.run(
         host="127.0.0.1",
         port=args.port,
-        num_api_servers=1,
+        num_api_servers=args.workers,
         log_level="warning",
         generate_client_file=False,
     )
