@@ -111,7 +111,6 @@ def run_demo(
         shutil.rmtree(keep / ".tidal")
     init_workspace(folder, example=example, force=True)
     from tidal.demo_monitor import act_overrides, run_act, traffic_sizes
-
     from tidal.serving.auth import new_key
 
     traffic = folder / "data" / "traffic.csv"
