@@ -271,8 +271,9 @@ def test_route_accepts_one_a_list_or_labels(store: Store) -> None:
         (b"42", 422, "invalid_input"),
         (b'{"labels": {"inference_id": "a"}}', 422, "invalid_input"),
         (
-            json.dumps([{"inference_id": ID[0], "label": "x"}, {"inference_id": 3, "label": "x"}])
-            .encode(),
+            json.dumps(
+                [{"inference_id": ID[0], "label": "x"}, {"inference_id": 3, "label": "x"}]
+            ).encode(),
             422,
             "invalid_input",
         ),
