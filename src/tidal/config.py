@@ -97,7 +97,7 @@ class ValidationConfig(_Section):
         False, description="Accept labels the first accepted file did not have."
     )
     max_file_share: float = Field(
-        0.5,
+        0.75,
         gt=0,
         le=1,
         description="Largest share of the accumulated training set one file may bring; a "
