@@ -39,7 +39,7 @@ def test_late_labels_give_live_accuracy_per_version(tmp_path: Path) -> None:
         assert anonymous.status_code == 401
         accepted = http.post("/feedback", json={"labels": labels}, headers=sender)
         assert accepted.status_code == 202 and accepted.json() == {"accepted": 41}
-        bad = http.post("/feedback", json={"labels": [{"inference_id": "x"}]}, headers=sender)
+        bad = http.post("/feedback", json=[{"inference_id": new_inference_id()}], headers=sender)
         assert bad.status_code == 422 and "'label' missing" in bad.json()["error"]["message"]
         crafted = {"inference_id": "ffffffffffff7fffffffffffffffffff", "label": "big"}
         refused = http.post("/feedback", json=crafted, headers=sender)

@@ -1,12 +1,13 @@
 """An attacker sends flipped labels through /feedback: the production model must not change.
 
 The attack of issue 11 on the tabular example (breast cancer): ordinary requests, then a late
-label for every served row, each the opposite of the truth. Before: /feedback took them without
-a key, the retrain policy trained on them, and the gate promoted the retrain (it compared the
-models on the poisoned file's own test split); a clearly malignant row was then served as
-benign. Now: without a key the labels are refused; with a key (stolen, or a careless sender)
-they are checked against the champion's holdout error and quarantined; and a poisoned file
-that reaches the gate anyway is compared with the champion on the frozen holdout only.
+label for every served row, each the opposite of the truth (684 of them here). Before:
+/feedback took them without a key, the retrain policy trained on them, and the gate promoted
+the retrain (it compared the models on the poisoned file's own test split); a clearly
+malignant row was then served as benign. Now: without a key the labels are refused; with a key
+(stolen, or a careless sender) they are checked against the champion's holdout error and
+quarantined; and a poisoned file that reaches the gate anyway is compared with the champion on
+the frozen holdout only.
 """
 
 from __future__ import annotations
@@ -51,13 +52,13 @@ def ws(tmp_path: Path) -> Workspace:
 
 
 def attack(ws: Workspace, url: str) -> list[dict[str, Any]]:
-    """Serve every row the attacker has (all the example's labelled rows, 32 a request);
-    return a flipped label for each."""
+    """The attack as issue 11 found it: rows the model never trained on (batch-2's and the
+    traffic's, each twice) with a huge mean radius, served 32 a request; then a label for each,
+    the opposite of the truth. Before the fix the retrain on them was promoted, and a row with
+    mean radius 100 was then served as benign."""
     data = ws.root / "data"
-    frame = pd.concat(
-        [pd.read_csv(data / f) for f in ("batch-1.csv", "batch-2.csv", "traffic.csv")],
-        ignore_index=True,
-    )
+    frame = pd.concat([pd.read_csv(data / f) for f in ("batch-2.csv", "traffic.csv")] * 2,
+                      ignore_index=True).assign(**{"mean radius": 100.0})  # fmt: skip
     truth = frame.pop(LABEL)
     labels = []
     with httpx.Client(base_url=url, timeout=30) as http:
