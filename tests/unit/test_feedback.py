@@ -370,3 +370,20 @@ def test_inference_ids_are_checked(inference_id: str, why: str) -> None:
     assert why in (check_inference_id(inference_id) or "")
     assert check_inference_id(new_inference_id()) is None
     assert check_inference_id(uuid.uuid4().hex) is None  # ids made before time-ordered ids
+
+
+def test_keys_create_makes_a_feedback_key() -> None:
+    from typer.testing import CliRunner
+
+    from tidal.cli import app
+    from tidal.serving.auth import hash_key
+
+    made = CliRunner().invoke(app, ["keys", "create", "--scope", "feedback", "--json"])
+    assert made.exit_code == 0, made.output
+    data = json.loads(made.output)
+    assert data["scope"] == "feedback" and data["hash"] == hash_key(data["key"])
+    assert data["key_id"] == key_id(data["hash"]) and len(data["key_id"]) == len("sha256:") + 12
+    told = CliRunner().invoke(app, ["keys", "create", "--scope", "feedback"])
+    assert "serving.feedback_keys" in told.output
+    wrong = CliRunner().invoke(app, ["keys", "create", "--scope", "root"])
+    assert wrong.exit_code != 0 and "unknown scope 'root'" in wrong.output
