@@ -190,3 +190,26 @@ def test_budgets_and_cooldown_are_checked_in_order(bare: Workspace) -> None:
     assert _decide(ws, alarms, now).reason == "not_triggered"
     cfg.enabled = False
     assert _decide(ws, alarms, now).reason == "disabled"
+
+
+def test_labels_that_cannot_be_checked_are_never_trained_on(bare: Workspace) -> None:
+    from tidal.monitoring.feedback import FeedbackStore
+    from tidal.monitoring.policy import Alarm, _decide
+    from tidal.serving.capture import CAPTURE_PREFIX, CaptureWriter
+    from toy import traffic_answers, traffic_rows
+
+    served = traffic_rows(4, seed=3)
+    writer = CaptureWriter(bare.store, CAPTURE_PREFIX, flush_interval_s=60.0)
+    writer.offer("toy", "1", "default", "req-1", 1.0, served, traffic_answers(served))
+    assert writer.flush()
+    writer.close()
+    FeedbackStore(bare.store).add(
+        [{"inference_id": "req-1", "row": i, "label": "low"} for i in range(4)]
+    )
+    # a champion whose files are gone: the check cannot run, so nothing lands
+    bare.state.deploy(bare.model_name, "1", str(bare.root / "gone"), "0" * 64, "test")
+    bare.config.retrain.min_rows = 1
+    decision = _decide(bare, [Alarm("quality", "1", "accuracy")], time.time())
+    assert decision.action == "skip" and decision.reason == "unchecked", decision
+    assert "nothing is trained on them" in decision.message
+    assert bare.store.list("incoming") == []

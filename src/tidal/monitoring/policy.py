@@ -14,6 +14,7 @@ with its reason; when all pass it retrains:
     too_few_rows    fewer than retrain.min_rows labelled rows arrived since the last retrain
     quarantined     the check of the labels (``tidal.monitoring.trust``) quarantined a sender's
                     labels, and fewer than retrain.min_rows new trusted rows remain
+    unchecked       that check could not run (the champion or the holdout unreadable)
     retrain         all passed: a training file lands, and the run is queued
 
 The budgets count the policy's own retrains: a file a user lands is their explicit choice.
@@ -216,7 +217,16 @@ def _decide(ws: Workspace, alarms: list[Alarm], now: float) -> RetrainDecision:
     promoted = [d for d in retrains if _promoted(ws, d.run_id)]
     cutoff = promoted[0].cutoff if promoted else None
     picked = [i for i, t in enumerate(labelled.received_at) if cutoff is None or t > cutoff]
-    checked = _check_labels(ws, labelled, picked)
+    try:
+        checked = _check_labels(ws, labelled, picked)
+    except Exception as exc:  # no check, no training on untrusted labels
+        log.exception("the late labels could not be checked")
+        return skip(
+            "unchecked",
+            f"the late labels could not be checked against the champion ({exc}); nothing is "
+            "trained on them until they are",
+            new_rows=new,
+        )
     doubted = set(checked.quarantined)
     picked = [i for i in picked if labelled.senders[i] not in doubted]
     new = sum(since is None or labelled.received_at[i] > since for i in picked)
@@ -288,7 +298,10 @@ def _cap_senders(
         return picked, {}
     from tidal.pipeline import accepted_train_rows
 
-    limit = int(share / (1.0 - share) * accepted_train_rows(ws))
+    accumulated = accepted_train_rows(ws)
+    if accumulated == 0:  # a champion deployed by hand: no training set to hold a share of
+        return picked, {}
+    limit = int(share / (1.0 - share) * accumulated)
     counts: dict[str, int] = {}
     for i in picked:
         counts[labelled.senders[i]] = counts.get(labelled.senders[i], 0) + 1
