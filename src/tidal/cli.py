@@ -307,11 +307,7 @@ def build_endpoint(ws: Any) -> Any:
     from tidal.rollout.routes import rollout_routes
 
     def extra_routes(gateway: Any) -> list[Any]:
-        feedback = feedback_routes(
-            ws.store,
-            gateway.authorize,
-            require_key=ws.config.serving.require_key_for_predict,
-        )
+        feedback = feedback_routes(ws.store, ws.config.serving)
         return [*rollout_routes(ws, gateway.authorize), *feedback]
 
     return build_app(ws.config.serving, router, runtime, extra_routes=extra_routes)
@@ -675,20 +671,29 @@ def models_rollback(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -
 
 @keys_app.command("create")
 @reported
-def keys_create(as_json: bool = JSON_OPT) -> None:
+def keys_create(
+    scope: str = typer.Option(
+        "admin", help="admin (admin routes, predictions when keyed) or feedback (POST /feedback)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
     """Make an API key; only its hash goes into tidal.yaml."""
-    from tidal.serving.auth import new_key
+    from tidal.errors import UsageError
+    from tidal.serving.auth import SCOPES, key_id, new_key
 
+    if scope not in SCOPES:
+        raise UsageError(f"unknown scope {scope!r}", hint=f"choose one of: {', '.join(SCOPES)}")
+    setting = "feedback_keys" if scope == "feedback" else "api_keys"
     key, digest = new_key()
     if as_json:
-        _print_json({"key": key, "hash": digest})
+        _print_json({"key": key, "hash": digest, "scope": scope, "key_id": key_id(digest)})
         return
     out.print(
         f"key   {key}   (shown once; send it as 'Authorization: Bearer <key>')", highlight=False
     )
-    out.print(f"hash  {digest}", highlight=False)
+    out.print(f"hash  {digest}   (id {key_id(digest)}, scope {scope})", highlight=False)
     out.print(
-        f"add the hash to serving.api_keys in tidal.yaml, e.g.\n  api_keys: ['{digest}']",
+        f"add the hash to serving.{setting} in tidal.yaml, e.g.\n  {setting}: ['{digest}']",
         highlight=False,
     )
 

@@ -29,7 +29,9 @@ from tidal.errors import ConfigError
 
 CONFIG_FILE = "tidal.yaml"
 ENV_PREFIX = "TIDAL_"
-SECRET_KEYS = frozenset({"key", "secret", "api_keys", "webhooks", "slack_webhooks"})
+SECRET_KEYS = frozenset(
+    {"key", "secret", "api_keys", "feedback_keys", "webhooks", "slack_webhooks"}
+)
 
 
 class _Section(BaseModel):
@@ -94,6 +96,13 @@ class ValidationConfig(_Section):
     allow_new_labels: bool = Field(
         False, description="Accept labels the first accepted file did not have."
     )
+    max_file_share: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="Largest share of the accumulated training set one file may bring; a "
+        "larger file's train split is sampled down to it (the first file is exempt).",
+    )
 
 
 class TrainingConfig(_Section):
@@ -151,6 +160,13 @@ class GateConfig(_Section):
         le=1,
         description="How much worse than the champion the candidate may be on the shared data.",
     )
+    holdout_tolerance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="How much worse than the champion the candidate may be on the frozen "
+        "holdout alone (0: never worse).",
+    )
 
 
 class RegistryConfig(_Section):
@@ -171,6 +187,19 @@ class ServingConfig(_Section):
     )
     require_key_for_predict: bool = Field(
         False, description="Require an API key on prediction routes too (admin routes always do)."
+    )
+    feedback_keys: list[str] = Field(
+        default_factory=list,
+        description="sha256 hashes of the keys POST /feedback takes ('tidal keys create --scope "
+        "feedback'); admin keys are not taken there.",
+    )
+    feedback_open: bool = Field(
+        False,
+        description="UNSAFE: let anyone who reaches the endpoint send labels without a key; "
+        "labels can retrain the model.",
+    )
+    feedback_rate_per_min: int = Field(
+        10_000, ge=1, description="Labels one feedback key may send per minute; beyond: 429."
     )
     max_payload_mb: float = Field(4.0, gt=0, description="Largest request body (SageMaker: 4 MB).")
     reload_interval_s: float = Field(
@@ -358,6 +387,26 @@ class RetrainConfig(_Section):
     )
     max_compute_s_per_day: float = Field(
         7200.0, ge=0, description="Budget: training seconds the policy's retrains may use per 24 h."
+    )
+    trust_min_score: float = Field(
+        0.9,
+        ge=0.5,
+        le=1,
+        description="Late labels are checked on rows the champion predicts with at least this "
+        "score: there they should rarely contradict it.",
+    )
+    trust_margin: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Contradiction rate allowed above the champion's holdout error bound (real "
+        "drift) before a key's labels are doubted.",
+    )
+    trust_alpha: float = Field(
+        0.001,
+        gt=0,
+        lt=0.5,
+        description="Significance of the binomial test that quarantines a key's labels.",
     )
 
 

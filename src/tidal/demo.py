@@ -111,15 +111,18 @@ def run_demo(
         shutil.rmtree(keep / ".tidal")
     init_workspace(folder, example=example, force=True)
     from tidal.demo_monitor import act_overrides, run_act, traffic_sizes
+    from tidal.serving.auth import new_key
 
     traffic = folder / "data" / "traffic.csv"
     act = act_overrides(*traffic_sizes(traffic, EXAMPLES[example].label_column))
+    feedback_key, feedback_hash = new_key()  # the demo's label sender has its own key
     ws = Workspace.open(
         folder,
         overrides=act
         | {
             "controller": {"poll_interval_s": 0.2},
-            "serving": act["serving"] | {"port": 0, "reload_interval_s": 0.1},
+            "serving": act["serving"]
+            | {"port": 0, "reload_interval_s": 0.1, "feedback_keys": [feedback_hash]},
         },
     )
     say(f"[bold]Tidal demo[/] ({example}) in {folder}", highlight=False)
@@ -179,6 +182,7 @@ def run_demo(
                 say_record=_say_record,
                 wait_s=wait_s,
                 wait_served=_wait_served,
+                feedback_key=feedback_key,
             )
     finally:
         stop.set()

@@ -4,7 +4,8 @@ Once the first act's champion serves, ``data/traffic.csv`` plays the changed wor
 feature recalibrated by +50%; sentiment: debate statements among unseen movie reviews):
 
 1. traffic: every row of it is served by the endpoint, 32 rows a request, as a client sends it;
-2. late labels: every row whose true label is known is labelled through ``POST /feedback``;
+2. late labels: every row whose true label is known is labelled through ``POST /feedback``,
+   with a feedback key (``serving.feedback_keys``);
 3. a monitoring pass, what ``tidal monitor`` does: drift of the traffic against the champion's
    training baseline, live quality from the labels, and the retrain policy's decision;
 4. the retrain the policy queued (the labelled rows and every accepted training set before them)
@@ -74,6 +75,7 @@ def run_act(
     wait_s: float,
     wait_served: Any = None,
     console: Console | None = None,
+    feedback_key: str | None = None,
 ) -> dict[str, Any]:
     """Serve ``path``, label it, monitor, retrain and roll out; returns what happened."""
     from tidal.cli_monitor import check
@@ -88,7 +90,7 @@ def run_act(
         highlight=False,
     )
     started = time.monotonic()
-    instances, labels = _serve(url, path, label)
+    instances, labels = _serve(url, path, label, feedback_key)
     say(
         f"  served {len(instances)} rows in {-(-len(instances) // BATCH)} requests "
         f"({time.monotonic() - started:.1f} s); {len(labels)} late labels sent to /feedback",
@@ -144,8 +146,11 @@ def run_act(
     return act
 
 
-def _serve(url: str, path: Path, label: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Serve every row of ``path`` (without its label); the late labels of the labelled ones."""
+def _serve(
+    url: str, path: Path, label: str, key: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Serve every row of ``path`` (without its label); the late labels of the labelled ones,
+    sent with the feedback ``key``."""
     import httpx
     import pandas as pd
 
@@ -164,7 +169,8 @@ def _serve(url: str, path: Path, label: str) -> tuple[list[dict[str, Any]], list
                 value = truth.iloc[start + row]
                 if pd.notna(value):
                     labels.append({"inference_id": inference_id, "row": row, "label": value})
-        http.post("/feedback", json={"labels": labels}).raise_for_status()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        http.post("/feedback", json={"labels": labels}, headers=headers).raise_for_status()
     return instances, labels
 
 

@@ -124,7 +124,7 @@ def validate(ctx: RunContext) -> dict[str, Any]:
 
 
 def prepare(ctx: RunContext) -> dict[str, Any]:
-    from tidal.data.prepare import dataset_version, split, to_jsonl
+    from tidal.data.prepare import cap_share, dataset_version, drop_known, split, to_jsonl
     from tidal.data.schema import infer_schema
     from tidal.data.validate import coerce, read_table
 
@@ -146,9 +146,34 @@ def prepare(ctx: RunContext) -> dict[str, Any]:
         meta = {"created_by_run": ctx.run.id, "dataset_version": version, "rows": len(holdout)}
         store.put_bytes(HOLDOUT_META_KEY, json.dumps(meta).encode())
         holdout_rows = len(holdout)
+    notes: list[str] = []
+    if holdout_rows is None:  # the holdout is an earlier file's: rows of it must not train
+        known = coerce(read_table(store.get_bytes(HOLDOUT_KEY), HOLDOUT_KEY), schema)
+        frame, leaked = drop_known(frame, known, schema.feature_names)
+        if leaked:
+            notes.append(
+                f"{leaked} rows of {Path(ctx.key).name} have the features of rows of the frozen "
+                "holdout: rejected (leakage), never trained or tested on"
+            )
+        if len(frame) < 2:
+            problems = [*notes, "fewer than 2 rows are left to train and test on"]
+            target = quarantine(ws, ctx.key, problems, ctx.run)
+            raise RunEnded(Decision.INVALID, problems, {"quarantine": store.uri(target)})
     train, test = split(
         frame, cfg.data.test_fraction, label_column=schema.label_column, seed=cfg.data.seed
     )
+    if cfg.data.accumulate:
+        share = cfg.validation.max_file_share
+        before = accepted_train_rows(ws, exclude=ctx.run.id)
+        train, capped = cap_share(
+            train, before, share, label_column=schema.label_column, seed=cfg.data.seed
+        )
+        if capped:
+            notes.append(
+                f"{capped} training rows of {Path(ctx.key).name} left out: one file may be at "
+                f"most {share:g} of the accumulated training set ({before} rows before it; "
+                "validation.max_file_share)"
+            )
     prefix = f"{META}/datasets/{version}"
     store.put_bytes(f"{prefix}/train.jsonl", to_jsonl(train))
     store.put_bytes(f"{prefix}/test.jsonl", to_jsonl(test))
@@ -162,6 +187,7 @@ def prepare(ctx: RunContext) -> dict[str, Any]:
         "train_uris": train_uris,
         "rows": {"train": len(train), "test": len(test), "holdout": holdout_rows},
         "schema": json.loads(schema.to_json()),
+        "notes": notes,
     }
 
 
@@ -302,21 +328,40 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
     ws, store = ctx.ws, ctx.ws.store
     trained, prep = ctx.out(Step.TRAIN), ctx.out(Step.PREPARE)
     candidate = load_predictor(ctx.fetch_candidate(), trained["manifest_sha256"])
+    test = f"test:{Path(ctx.key).name}"
     slices = {
         "holdout": from_jsonl(store.get_bytes(HOLDOUT_KEY)),
-        f"test:{Path(ctx.key).name}": from_jsonl(store.get_bytes(store.key_of(prep["test_uri"]))),
+        test: from_jsonl(store.get_bytes(store.key_of(prep["test_uri"]))),
     }
+    # a retrain file of late labels is untrusted: the comparison rests on the holdout alone
+    untrusted = [test] if _from_late_labels(ws, ctx.run) else []
+    trusted = [name for name in slices if name not in untrusted]
     label = prep["schema"]["label_column"]
-    candidate_scores = score(candidate, slices, label)
+    candidate_scores = score(candidate, slices, label, combine=trusted)
     champion_scores, champion_version = None, None
     deployment = ws.state.current_deployment(ws.model_name)
     if deployment is not None:
         champion = load_predictor(Path(deployment.model_dir), deployment.manifest_sha256)
-        champion_scores, champion_version = score(champion, slices, label), deployment.version
+        champion_scores = score(champion, slices, label, combine=trusted)
+        champion_version = deployment.version
     result = decide(
-        candidate_scores, champion_scores, ws.config.gate, champion_version=champion_version
+        candidate_scores,
+        champion_scores,
+        ws.config.gate,
+        champion_version=champion_version,
+        untrusted=untrusted,
     )
     return result.to_dict()
+
+
+def _from_late_labels(ws: Workspace, run: Run) -> bool:
+    """Whether the run trains on a retrain file the policy made from late labels (by its name,
+    which the policy gives before the decision is recorded, or by the decision)."""
+    from tidal.monitoring.policy import FILE_PREFIX, decisions
+
+    if Path(ws.store.key_of(run.uri)).name.startswith(FILE_PREFIX):
+        return True
+    return any(d.run_id == run.id for d in decisions(ws, limit=1000) if d.action == "retrain")
 
 
 def register(ctx: RunContext) -> dict[str, Any]:
@@ -528,6 +573,7 @@ def build_record(
         "champion_before": gate.get("champion_version"),
         "thresholds": gate.get("thresholds"),
         "reasons": reasons if reasons is not None else gate.get("reasons", []),
+        "notes": prep.get("notes", []),
         "source": ctx.run.uri,
         "sha256": ctx.run.sha256,
         "dataset_version": prep.get("dataset_version"),
@@ -582,6 +628,18 @@ def accepted_train_sets(ws: Workspace, *, exclude: int) -> list[str]:
     return uris
 
 
+def accepted_train_rows(ws: Workspace, *, exclude: int | None = None) -> int:
+    """Rows in the train splits of earlier files whose model was promoted."""
+    total = 0
+    for run in ws.state.runs(ws.model_name, limit=10_000):
+        if run.id == exclude or run.decision != Decision.PROMOTED:
+            continue
+        prep = ws.state.step_outputs(run.id).get(Step.PREPARE.value)
+        if prep:
+            total += int((prep.get("rows") or {}).get("train") or 0)
+    return total
+
+
 def quarantine(ws: Workspace, key: str, problems: list[str], run: Run) -> str:
     """Move a rejected file to quarantine/ with a ``.reason.json`` beside it."""
     store = ws.store
@@ -601,8 +659,13 @@ def quarantine(ws: Workspace, key: str, problems: list[str], run: Run) -> str:
 
 
 def score(
-    predictor: Any, slices: dict[str, pd.DataFrame], label: str
+    predictor: Any,
+    slices: dict[str, pd.DataFrame],
+    label: str,
+    *,
+    combine: list[str] | None = None,
 ) -> dict[str, dict[str, float]]:
+    """Metrics per slice, and ``combined`` over the slices named in ``combine`` (all: None)."""
     from tidal.evaluation.metrics import classification
 
     names = predictor.manifest.feature_names
@@ -614,7 +677,8 @@ def score(
         truth = frame[label].tolist()
         preds = [p["label"] for p in predictor.predict(rows)] if rows else []
         out[name] = classification(truth, preds)
-        truth_all += truth
-        pred_all += preds
+        if combine is None or name in combine:
+            truth_all += truth
+            pred_all += preds
     out["combined"] = classification(truth_all, pred_all)
     return out

@@ -37,6 +37,7 @@ LABELS = """CREATE TABLE IF NOT EXISTS labels(
   replaced INTEGER NOT NULL DEFAULT 0,
   status TEXT NOT NULL,
   version TEXT, variant TEXT, ts REAL, predicted TEXT, input TEXT, source TEXT,
+  key_id TEXT, trust TEXT,
   PRIMARY KEY(model, inference_id, row)
 ) WITHOUT ROWID;"""
 
@@ -238,6 +239,15 @@ def _rebuild_labels(db: sqlite3.Connection) -> None:
         raise
 
 
+def _add_label_columns(db: sqlite3.Connection) -> None:
+    """A labels table made before 2026-12-04 gets ``key_id`` (who sent the label) and
+    ``trust`` (NULL, or ``quarantined`` by the retrain policy's check)."""
+    names = {r[1] for r in db.execute("PRAGMA table_info(labels)")}
+    for column in ("key_id", "trust"):
+        if column not in names:
+            db.execute(f"ALTER TABLE labels ADD COLUMN {column} TEXT")
+
+
 class State:
     """All reads and writes of the controller database."""
 
@@ -251,6 +261,7 @@ class State:
             ).fetchone()
             _rebuild_labels(db)
             db.executescript(SCHEMA)
+            _add_label_columns(db)
             if not counted:  # a database made before 2026-11-22: count its joined labels once
                 db.execute(
                     "INSERT INTO label_cells SELECT model, COALESCE(version, ''),"

@@ -99,6 +99,27 @@ def test_labels_of_ids_without_a_time_are_looked_for_in_all_traffic_once(
     assert sync(ws).objects == 0  # the unmatched one is not looked for again
 
 
+def test_a_crafted_id_is_counted_and_skipped_never_stopping_the_pass(ws: Workspace) -> None:
+    # 'ffffffffffff7fff…' is time-ordered in form but names the year 10889: it crashed the pass
+    # (ValueError in datetime) before; now it is given up at once, and the others are joined
+    recent = serve(ws, time.time(), 2)
+    FeedbackStore(ws.store).add(
+        [{"inference_id": "ffffffffffff7fffffffffffffffffff", "label": "high"},
+         *({"inference_id": i, "row": 1, "label": "high", } for i in recent)],
+        key="sha256:0123456789ab",
+    )  # fmt: skip
+
+    found = sync(ws)
+
+    assert (found.labels, found.matched, found.invalid) == (3, 2, 1)
+    report = quality_report(ws, window_s=3600)
+    assert (report.matched, report.unmatched) == (2, 1)
+    assert sync(ws).invalid == 0  # given up for good: not looked for again
+    (event,) = [e for e in ws.state.events(10) if e["kind"] == "labels.received"]
+    assert event["data"]["key"] == "sha256:0123456789ab" and event["data"]["labels"] == 3
+    assert "3 late labels from sha256:0123456789ab" in event["message"]
+
+
 def test_quality_counted_by_sqlite_equals_the_row_by_row_join(ws: Workspace) -> None:
     # three versions over three hours, labels right about 70% of the time, some corrected
     import random

@@ -17,10 +17,15 @@ from tidal.controller import Controller
 from tidal.examples import init_workspace
 from tidal.monitoring.policy import decisions
 from tidal.overview import status
+from tidal.serving.auth import new_key
 from tidal.serving.server import BackgroundServer
 from tidal.workspace import Workspace
 
 SHIFTED = "mean radius"
+
+
+KEY, KEY_HASH = new_key()
+SENDER = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture
@@ -29,7 +34,11 @@ def ws(tmp_path: Path) -> Workspace:
     ws = Workspace.open(
         tmp_path,
         overrides={
-            "serving": {"port": 0, "capture_flush_interval_s": 0.2},
+            "serving": {
+                "port": 0,
+                "capture_flush_interval_s": 0.2,
+                "feedback_keys": [KEY_HASH],
+            },
             "monitoring": {"min_samples": 50},
             "retrain": {"min_rows": 120, "cooldown_s": 3600, "max_runs_per_day": 2},
         },
@@ -60,7 +69,12 @@ def test_an_alarm_with_enough_labels_retrains_through_the_gate(ws: Workspace) ->
         labels = serve_shifted(ws, server.url, traffic.iloc[:100])
         labels += serve_shifted(ws, server.url, traffic.iloc[100:200])
         # the first 80 labels arrive: drift stands, but too few labelled rows
-        assert httpx.post(f"{server.url}/feedback", json={"labels": labels[:80]}).status_code == 202
+        assert (
+            httpx.post(
+                f"{server.url}/feedback", json={"labels": labels[:80]}, headers=SENDER
+            ).status_code
+            == 202
+        )
         time.sleep(0.6)  # the capture writer flushes every 0.2 s
         first = check(ws)
         assert first["versions"]["1"]["status"] == "drifted"
@@ -73,7 +87,12 @@ def test_an_alarm_with_enough_labels_retrains_through_the_gate(ws: Workspace) ->
         again = check(ws)["retrain"]
         assert again["id"] == skip["id"] and again["repeats"] == 2
         # the other labels arrive: 200 labelled rows → a retrain
-        assert httpx.post(f"{server.url}/feedback", json={"labels": labels[80:]}).status_code == 202
+        assert (
+            httpx.post(
+                f"{server.url}/feedback", json={"labels": labels[80:]}, headers=SENDER
+            ).status_code
+            == 202
+        )
         retrain = check(ws)["retrain"]
     assert retrain["action"] == "retrain", retrain
     assert retrain["new_rows"] == 200 and retrain["rows"] == 200
@@ -171,3 +190,26 @@ def test_budgets_and_cooldown_are_checked_in_order(bare: Workspace) -> None:
     assert _decide(ws, alarms, now).reason == "not_triggered"
     cfg.enabled = False
     assert _decide(ws, alarms, now).reason == "disabled"
+
+
+def test_labels_that_cannot_be_checked_are_never_trained_on(bare: Workspace) -> None:
+    from tidal.monitoring.feedback import FeedbackStore
+    from tidal.monitoring.policy import Alarm, _decide
+    from tidal.serving.capture import CAPTURE_PREFIX, CaptureWriter
+    from toy import traffic_answers, traffic_rows
+
+    served = traffic_rows(4, seed=3)
+    writer = CaptureWriter(bare.store, CAPTURE_PREFIX, flush_interval_s=60.0)
+    writer.offer("toy", "1", "default", "req-1", 1.0, served, traffic_answers(served))
+    assert writer.flush()
+    writer.close()
+    FeedbackStore(bare.store).add(
+        [{"inference_id": "req-1", "row": i, "label": "low"} for i in range(4)]
+    )
+    # a champion whose files are gone: the check cannot run, so nothing lands
+    bare.state.deploy(bare.model_name, "1", str(bare.root / "gone"), "0" * 64, "test")
+    bare.config.retrain.min_rows = 1
+    decision = _decide(bare, [Alarm("quality", "1", "accuracy")], time.time())
+    assert decision.action == "skip" and decision.reason == "unchecked", decision
+    assert "nothing is trained on them" in decision.message
+    assert bare.store.list("incoming") == []

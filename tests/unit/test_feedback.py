@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -8,12 +10,19 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 from starlette.exceptions import StarletteDeprecationWarning
-from starlette.requests import Request
 
+from tidal.config import ServingConfig
 from tidal.errors import InvalidInput
-from tidal.monitoring.feedback import FeedbackStore, ingest_dropped, join, validate_labels
+from tidal.monitoring.feedback import (
+    FeedbackStore,
+    check_inference_id,
+    ingest_dropped,
+    join,
+    validate_labels,
+)
 from tidal.monitoring.feedback_routes import feedback_routes
-from tidal.serving.gateway import Problem
+from tidal.serving.auth import key_id, new_key
+from tidal.serving.capture import new_inference_id
 from tidal.storage import Store
 
 with warnings.catch_warnings():
@@ -231,23 +240,25 @@ def test_alarms_respect_floors_and_min_samples() -> None:
 
 # -- the route -------------------------------------------------------------------------------
 
-
-def _authorize(request: Request) -> None:
-    if request.headers.get("authorization") != "Bearer secret":
-        raise Problem(401, "unauthorized", "send Authorization: Bearer KEY")
+KEY, KEY_HASH = new_key()
+ID = [new_inference_id() for _ in range(4)]
 
 
-def client(store: Store, *, require_key: bool = False) -> TestClient:
-    return TestClient(Starlette(routes=feedback_routes(store, _authorize, require_key=require_key)))
+def client(store: Store, **serving: Any) -> TestClient:
+    config = ServingConfig(**({"feedback_keys": [KEY_HASH]} | serving))
+    return TestClient(
+        Starlette(routes=feedback_routes(store, config)),
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
 
 
 def test_route_accepts_one_a_list_or_labels(store: Store) -> None:
     http = client(store)
-    one = http.post("/feedback", json={"inference_id": "a", "label": "pos"})
+    one = http.post("/feedback", json={"inference_id": ID[0], "label": "pos"})
     assert (one.status_code, one.json()) == (202, {"accepted": 1})
-    many = http.post("/feedback", json=[{"inference_id": "b", "label": 1, "row": 3}] * 2)
+    many = http.post("/feedback", json=[{"inference_id": ID[1], "label": 1, "row": 3}] * 2)
     assert many.json() == {"accepted": 2}
-    wrapped = http.post("/feedback", json={"labels": [{"inference_id": "c", "label": True}]})
+    wrapped = http.post("/feedback", json={"labels": [{"inference_id": ID[2], "label": True}]})
     assert wrapped.json() == {"accepted": 1}
     assert len(FeedbackStore(store).files()) == 3
 
@@ -260,16 +271,19 @@ def test_route_accepts_one_a_list_or_labels(store: Store) -> None:
         (b"42", 422, "invalid_input"),
         (b'{"labels": {"inference_id": "a"}}', 422, "invalid_input"),
         (
-            b'[{"inference_id": "a", "label": "x"}, {"inference_id": 3, "label": "x"}]',
+            json.dumps(
+                [{"inference_id": ID[0], "label": "x"}, {"inference_id": 3, "label": "x"}]
+            ).encode(),
             422,
             "invalid_input",
         ),
         (
-            json.dumps([{"inference_id": "a", "label": 1}] * 10_001).encode(),
+            json.dumps([{"inference_id": ID[0], "label": 1}] * 10_001).encode(),
             413,
             "too_many_labels",
         ),
         (b"[" + b" " * (4 * 1024 * 1024) + b"]", 413, "payload_too_large"),
+        (b'{"inference_id": "never-served", "label": 1}', 400, "invalid_inference_id"),
     ],
 )
 def test_route_errors_are_json(store: Store, body: bytes, status: int, code: str) -> None:
@@ -283,15 +297,93 @@ def test_route_errors_are_json(store: Store, body: bytes, status: int, code: str
 
 
 def test_route_names_the_bad_item(store: Store) -> None:
-    answer = client(store).post("/feedback", json=[{"inference_id": "a", "label": "x"}, {}])
+    answer = client(store).post("/feedback", json=[{"inference_id": ID[0], "label": "x"}, {}])
     assert "label 1: 'inference_id' missing" in answer.json()["error"]["message"]
 
 
-def test_route_needs_the_key_when_required(store: Store) -> None:
-    http = client(store, require_key=True)
-    item = {"inference_id": "a", "label": "x"}
-    assert http.post("/feedback", json=item).status_code == 401
-    ok = http.post("/feedback", json=item, headers={"Authorization": "Bearer secret"})
-    assert ok.status_code == 202
-    with pytest.raises(ValueError, match="needs an authorize"):
-        feedback_routes(store, None, require_key=True)
+def test_route_needs_a_feedback_key_by_default(store: Store) -> None:
+    item = {"inference_id": ID[0], "label": "x"}
+    admin, admin_hash = new_key()
+    http = client(store, api_keys=[admin_hash])
+    anonymous = http.post("/feedback", json=item, headers={"Authorization": ""})
+    assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"] == "Bearer"
+    # an admin key is not a feedback key: scopes are separate
+    wrong = http.post("/feedback", json=item, headers={"Authorization": f"Bearer {admin}"})
+    assert wrong.status_code == 401
+    assert "an admin key is not a feedback key" in wrong.json()["error"]["message"]
+    assert FeedbackStore(store).files() == []
+    # no feedback key configured: closed, and the message says how to open it
+    closed = client(store, feedback_keys=[]).post("/feedback", json=item)
+    assert closed.status_code == 403
+    assert "tidal keys create --scope feedback" in closed.json()["error"]["message"]
+    assert http.post("/feedback", json=item).status_code == 202
+
+
+def test_labels_keep_who_sent_them_and_when(store: Store) -> None:
+    before = time.time()
+    client(store).post("/feedback", json={"inference_id": ID[0], "label": "x"})
+    # a label cannot name its own sender: 'key' is not a field a client may send
+    forged = client(store).post("/feedback", json={"inference_id": ID[1], "label": "x",
+                                                   "key": "sha256:000000000000"})  # fmt: skip
+    assert forged.status_code == 422
+    TestClient(Starlette(routes=feedback_routes(store, ServingConfig(feedback_open=True)))).post(
+        "/feedback", json={"inference_id": ID[2], "label": "y"}
+    )
+    first, second = FeedbackStore(store).labels()
+    assert first["key"] == key_id(KEY_HASH) and first["key"] != KEY_HASH
+    assert KEY not in json.dumps(first) and first["received_at"] >= before
+    assert second["key"] == "anonymous"
+
+
+def test_open_feedback_is_logged_as_unsafe(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="tidal.monitoring.feedback"):
+        feedback_routes(store, ServingConfig(feedback_open=True))
+    assert "UNSAFE" in caplog.text
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(store: Store) -> None:
+    clock = [0.0]
+    config = ServingConfig(feedback_keys=[KEY_HASH], feedback_rate_per_min=60)
+    routes = feedback_routes(store, config, clock=lambda: clock[0])
+    http = TestClient(Starlette(routes=routes), headers={"Authorization": f"Bearer {KEY}"})
+    labels = [{"inference_id": ID[0], "label": "x", "row": i} for i in range(50)]
+    assert http.post("/feedback", json=labels).status_code == 202
+    over = http.post("/feedback", json=labels[:20])  # 10 tokens left, 20 wanted: 10 s to wait
+    assert over.status_code == 429 and over.headers["retry-after"] == "10"
+    assert "serving.feedback_rate_per_min (60)" in over.json()["error"]["message"]
+    clock[0] = 10.0  # a label a second comes back
+    assert http.post("/feedback", json=labels[:20]).status_code == 202
+    too_big = http.post("/feedback", json=[*labels, *labels])  # more than a minute's worth
+    assert too_big.status_code == 413
+    assert len(FeedbackStore(store).labels()) == 70
+
+
+@pytest.mark.parametrize(
+    ("inference_id", "why"),
+    [
+        ("ffffffffffff7fffffffffffffffffff", "the year 10889"),
+        ("xyz", "not 32 lowercase hex digits"),
+        ("A" * 32, "not 32 lowercase hex digits"),
+    ],
+)
+def test_inference_ids_are_checked(inference_id: str, why: str) -> None:
+    assert why in (check_inference_id(inference_id) or "")
+    assert check_inference_id(new_inference_id()) is None
+    assert check_inference_id(uuid.uuid4().hex) is None  # ids made before time-ordered ids
+
+
+def test_keys_create_makes_a_feedback_key() -> None:
+    from typer.testing import CliRunner
+
+    from tidal.cli import app
+    from tidal.serving.auth import hash_key
+
+    made = CliRunner().invoke(app, ["keys", "create", "--scope", "feedback", "--json"])
+    assert made.exit_code == 0, made.output
+    data = json.loads(made.output)
+    assert data["scope"] == "feedback" and data["hash"] == hash_key(data["key"])
+    assert data["key_id"] == key_id(data["hash"]) and len(data["key_id"]) == len("sha256:") + 12
+    told = CliRunner().invoke(app, ["keys", "create", "--scope", "feedback"])
+    assert "serving.feedback_keys" in told.output
+    wrong = CliRunner().invoke(app, ["keys", "create", "--scope", "root"])
+    assert wrong.exit_code != 0 and "unknown scope 'root'" in wrong.output

@@ -86,11 +86,12 @@ def test_candidate_worse_than_champion_beyond_tolerance_is_rejected() -> None:
 
 
 def test_candidate_within_tolerance_of_champion_is_promoted() -> None:
-    result = decide(scores(0.935, 0.90), scores(0.95, 0.91), GATE, champion_version="3")
+    candidate = scores(0.935, 0.90, {"holdout": (0.95, 0.91)})  # as good on the holdout
+    result = decide(candidate, scores(0.95, 0.91), GATE, champion_version="3")
 
     assert result.decision == Decision.PROMOTED
     assert result.reasons[0] == "meets every threshold and is not worse than the champion"
-    assert sum("not worse" in r for r in result.reasons) == 3
+    assert sum("not worse" in r for r in result.reasons) == 4
     assert result.champion is not None and result.champion["combined"]["accuracy"] == 0.95
 
 
@@ -119,3 +120,30 @@ def test_the_result_serialises_to_plain_data() -> None:
         "champion_version",
         "thresholds",
     }
+
+
+def test_a_candidate_worse_on_the_frozen_holdout_is_never_promoted() -> None:
+    # better on the slices combined (the new file's test split flatters it), worse on the
+    # holdout (0.975 against 1.000): rejected, and the record says why
+    candidate = scores(0.99, 0.99, {"holdout": (0.975, 0.97)})
+    result = decide(candidate, scores(0.9, 0.9, {"holdout": (1.0, 1.0)}), GATE,
+                    champion_version="1")  # fmt: skip
+
+    assert result.decision == Decision.REJECTED
+    why, f1 = [r for r in result.reasons if "frozen holdout" in r and "worse than" in r]
+    assert f1.startswith("macro_f1 0.970 on the frozen holdout")
+    assert why.startswith("accuracy 0.975 on the frozen holdout (20 rows) is worse than champion")
+    assert "never promoted" in why
+    lenient = GateConfig(**GATE.model_dump() | {"holdout_tolerance": 0.03})
+    assert decide(candidate, scores(0.9, 0.9, {"holdout": (1.0, 1.0)}), lenient).decision == (
+        Decision.PROMOTED
+    )
+
+
+def test_an_untrusted_slice_is_named_in_the_record() -> None:
+    result = decide(scores(0.95, 0.95), scores(0.95, 0.95), GATE, champion_version="1",
+                    untrusted=["test:retrain-x.jsonl"])  # fmt: skip
+    assert result.decision == Decision.PROMOTED
+    assert any(
+        r.startswith("test:retrain-x.jsonl holds late labels, untrusted") for r in result.reasons
+    )

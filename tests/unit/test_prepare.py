@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tidal.data.prepare import dataset_version, from_jsonl, split, to_jsonl
+from tidal.data.prepare import cap_share, dataset_version, drop_known, from_jsonl, split, to_jsonl
 from tidal.errors import UsageError
 from tidal.storage import sha256_bytes
 
@@ -92,3 +92,22 @@ def test_jsonl_round_trips_types_and_missing_values() -> None:
     assert "café" in raw.decode("utf-8")  # UTF-8, not \\u escapes
     pd.testing.assert_frame_equal(back, data)
     assert back["s"].iloc[0] == "007"  # a string stays a string
+
+
+def test_rows_with_the_features_of_holdout_rows_are_dropped() -> None:
+    holdout = pd.DataFrame({"x": [1, 2, 3], "c": ["a", "b", "c"], "label": ["p", "n", "p"]})
+    # x read as float in one file and int in the other; labels differ: still the same rows
+    frame = pd.DataFrame({"x": [1.0, 2.0, 9.0], "c": ["a", "z", "c"], "label": ["n", "n", "p"]})
+    kept, dropped = drop_known(frame, holdout, ["x", "c"])
+    assert dropped == 1 and kept["x"].tolist() == [2.0, 9.0]
+    assert drop_known(frame, holdout.iloc[:0], ["x", "c"])[1] == 0
+
+
+def test_one_file_is_capped_at_its_share_of_the_accumulated_set() -> None:
+    frame = pd.DataFrame({"x": range(300), "label": ["a", "b", "b"] * 100})
+    capped, dropped = cap_share(frame, 100, 0.5, label_column="label", seed=0)
+    assert (len(capped), dropped) == (100, 200)  # 100 of 100 + 100: one half
+    assert capped["label"].value_counts().to_dict() == {"b": 67, "a": 33}  # stratified
+    assert cap_share(frame, 0, 0.5, label_column="label", seed=0)[1] == 0  # the first file
+    assert cap_share(frame, 400, 0.5, label_column="label", seed=0)[1] == 0  # within its share
+    assert len(cap_share(frame, 100, 0.75, label_column="label", seed=0)[0]) == 300

@@ -269,3 +269,25 @@ def test_a_database_of_an_older_release_gains_the_label_columns_and_counts(
                             ("i3", "pending", '{"x": 1}')]  # fmt: skip
     assert sorted(cells) == [(2, "a", "a", 1), (2, "b", "a", 1)]
     assert {"labels_open", "labels_replaced"} <= indexes
+
+
+def test_a_labels_table_made_before_provenance_gets_its_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:  # the labels table as it was on 2026-11-22
+        db.execute(
+            "CREATE TABLE labels(model TEXT NOT NULL, inference_id TEXT NOT NULL,"
+            " row INTEGER NOT NULL, label TEXT NOT NULL, received_at REAL NOT NULL,"
+            " replaced INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL, version TEXT,"
+            " variant TEXT, ts REAL, predicted TEXT, input TEXT, source TEXT,"
+            " PRIMARY KEY(model, inference_id, row)) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO labels VALUES ('m','i',0,'a',1.0,0,'matched',NULL,NULL,NULL,"
+                   "NULL,NULL,NULL)")  # fmt: skip
+    State(path)
+    State(path)  # a second open changes nothing
+    with sqlite3.connect(path) as db:
+        columns = [r[1] for r in db.execute("PRAGMA table_info(labels)")]
+        kept = db.execute("SELECT label, key_id, trust FROM labels").fetchall()
+    assert columns[-2:] == ["key_id", "trust"] and kept == [("a", None, None)]

@@ -71,6 +71,41 @@ def _stratified(
     return np.concatenate(picked) if picked else np.zeros(0, dtype=int)
 
 
+def drop_known(
+    frame: pd.DataFrame, known: pd.DataFrame, columns: list[str]
+) -> tuple[pd.DataFrame, int]:
+    """``frame`` without the rows whose ``columns`` equal those of a row of ``known`` (rows of
+    the frozen holdout sent again: training on them would leak it); and how many went."""
+    if frame.empty or known.empty or any(c not in known.columns for c in columns):
+        return frame, 0
+    seen = set(pd.util.hash_pandas_object(_comparable(known[columns]), index=False).tolist())
+    mine = pd.util.hash_pandas_object(_comparable(frame[columns]), index=False)
+    leaked = mine.isin(seen).to_numpy()
+    count = int(leaked.sum())
+    return (frame.loc[~leaked].reset_index(drop=True) if count else frame), count
+
+
+def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numbers as float64, so that 5 in one frame and 5.0 in another hash alike."""
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c].dtype)]
+    return frame.astype(dict.fromkeys(numeric, "float64")) if numeric else frame
+
+
+def cap_share(
+    frame: pd.DataFrame, accumulated: int, share: float, *, label_column: str, seed: int
+) -> tuple[pd.DataFrame, int]:
+    """``frame`` sampled down (stratified, seeded) so that it is at most ``share`` of the
+    training set it joins (``accumulated`` rows before it); and how many rows went. Nothing
+    accumulated yet (the first file), or a share of 1: the frame as it is."""
+    if accumulated <= 0 or share >= 1.0:
+        return frame, 0
+    limit = int(share / (1.0 - share) * accumulated)
+    if len(frame) <= limit or limit < 1:
+        return frame, 0
+    _, kept = split(frame, limit / len(frame), label_column=label_column, seed=seed)
+    return kept, len(frame) - len(kept)
+
+
 def dataset_version(sha256: str) -> str:
     """The version name of a dataset from the sha256 of its bytes: ``ds-`` and 12 hex digits."""
     if not re.fullmatch(r"[0-9a-f]{12,64}", sha256):

@@ -1,13 +1,20 @@
 """The gate: decide whether a candidate may replace the champion, and record why.
 
 Both models are scored on the same data: the frozen holdout (cut from the first accepted file,
-never fed by later uploads) and the new file's test split. Rules, all of which must pass:
+never fed by later uploads) and the new file's test split. A test split cut from a retrain file
+of late labels is *untrusted* (labels from ``/feedback`` could be poisoned): it is scored and
+recorded, and the candidate must meet the thresholds there, but the comparison with the
+champion rests on the trusted slices only. Rules, all of which must pass:
 
 1. thresholds: the candidate meets ``gate.min_accuracy`` and ``gate.min_macro_f1`` on every
    evaluation slice;
-2. non-inferiority: on the slices combined, the candidate is not worse than the champion by
-   more than ``gate.tolerance`` on any metric. Without a champion (the first run) the decision
-   rests on thresholds alone, and the record says so.
+2. non-inferiority: on the trusted slices combined (the ``combined`` slice), the candidate is
+   not worse than the champion by more than ``gate.tolerance`` on any metric;
+3. the holdout: on the frozen holdout alone, the candidate is not worse than the champion by
+   more than ``gate.holdout_tolerance`` (0 by default: never worse) on any metric.
+
+Without a champion (the first run) the decision rests on thresholds alone, and the record says
+so.
 
 ``decide`` is a pure function of the scores; it returns the decision and every reason.
 """
@@ -48,8 +55,10 @@ def decide(
     config: GateConfig,
     *,
     champion_version: str | None = None,
+    untrusted: list[str] | None = None,
 ) -> GateResult:
-    """Apply the rules above to per-slice scores (which include a ``combined`` slice)."""
+    """Apply the rules above to per-slice scores (which include a ``combined`` slice, over
+    the slices not named in ``untrusted``)."""
     floors = {"accuracy": config.min_accuracy, "macro_f1": config.min_macro_f1}
     reasons: list[str] = []
     passed = True
@@ -67,6 +76,11 @@ def decide(
     if champion is None:
         reasons.append("no champion yet: decided on thresholds alone")
     else:
+        for name in untrusted or []:
+            reasons.append(
+                f"{name} holds late labels, untrusted: the comparison with champion "
+                f"v{champion_version} leaves it out"
+            )
         for metric in METRICS:
             new, old = candidate["combined"][metric], champion["combined"][metric]
             if new < old - config.tolerance:
@@ -80,6 +94,8 @@ def decide(
                     f"{metric} {new:.3f} vs champion v{champion_version}'s {old:.3f} "
                     f"(tolerance {config.tolerance:.3f}): not worse"
                 )
+        if "holdout" in candidate and "holdout" in champion:
+            passed &= _holdout_rule(candidate, champion, config, champion_version, reasons)
     if passed:
         reasons.insert(
             0,
@@ -94,3 +110,31 @@ def decide(
         champion_version=champion_version,
         thresholds={**floors, "tolerance": config.tolerance},
     )
+
+
+def _holdout_rule(
+    candidate: dict[str, dict[str, float]],
+    champion: dict[str, dict[str, float]],
+    config: GateConfig,
+    champion_version: str | None,
+    reasons: list[str],
+) -> bool:
+    """Rule 3: not worse than the champion on the frozen holdout; appends its reasons."""
+    passed = True
+    rows = int(candidate["holdout"].get("rows", 0))
+    for metric in METRICS:
+        new, old = candidate["holdout"][metric], champion["holdout"][metric]
+        if new < old - config.holdout_tolerance:
+            passed = False
+            reasons.append(
+                f"{metric} {new:.3f} on the frozen holdout ({rows} rows) is worse than champion "
+                f"v{champion_version}'s {old:.3f} (gate.holdout_tolerance "
+                f"{config.holdout_tolerance:.3f}): a candidate worse on the holdout is never "
+                "promoted"
+            )
+    if passed:
+        reasons.append(
+            f"on the frozen holdout ({rows} rows) not worse than champion v{champion_version} "
+            f"(gate.holdout_tolerance {config.holdout_tolerance:.3f})"
+        )
+    return passed

@@ -12,7 +12,10 @@ defaults to 0: the row's index in its request, as in the capture records). Label
   file is ever received, and nothing is half-written.
 
 Every received line carries ``received_at`` (unix seconds), so when the same (inference_id, row)
-is labelled twice the latest label wins; the replaced ones are counted (``duplicates``).
+is labelled twice the latest label wins; the replaced ones are counted (``duplicates``). It
+also carries ``key``, who sent it: the id of the feedback key (``sha256:`` and a prefix of the
+key's hash, never the key), ``anonymous`` when ``serving.feedback_open`` let a request in
+without one, or ``file:<name>`` for a dropped file.
 
 ``join`` matches labels to captured records on (inference_id, row) with one pandas merge and
 computes, per model, version, variant and time window (of the captured record's ``ts``):
@@ -54,6 +57,26 @@ SHAPE = (
     '"label": <string, number or boolean>, "row": <row index in the request, default 0>}'
 )
 _MAX_PROBLEMS = 5  # listed in one error message
+ANONYMOUS = "anonymous"
+ID_HEX = 32  # an inference id: 32 hex digits (tidal.serving.capture.new_inference_id)
+MAX_FUTURE_S = 300.0  # clock skew allowed for the time in an id
+_YEAR_S = 31_556_952.0
+
+
+def check_inference_id(inference_id: str, *, now: float | None = None) -> str | None:
+    """Why ``inference_id`` cannot be an id the endpoint gave (None: it can): ids are 32
+    lowercase hex digits, and a time-ordered one names a time that is not in the future."""
+    from tidal.serving.capture import inference_time
+
+    shown = repr(inference_id[:40] + ("…" if len(inference_id) > 40 else ""))
+    if len(inference_id) != ID_HEX or inference_id.strip("0123456789abcdef"):
+        return f"inference_id {shown} is not {ID_HEX} lowercase hex digits"
+    when = inference_time(inference_id)
+    now = time.time() if now is None else now
+    if when is not None and when > now + MAX_FUTURE_S:
+        year = 1970 + int(when // _YEAR_S)
+        return f"inference_id {shown} names a time in the future (the year {year})"
+    return None
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -129,11 +152,14 @@ class FeedbackStore:
     def __repr__(self) -> str:
         return f"FeedbackStore({self.store.uri(self.prefix)!r})"
 
-    def add(self, labels: list[dict[str, Any]], *, max_items: int = MAX_LABELS) -> int:
-        """Validate ``labels`` and write them as one object; the number written (0: nothing)."""
+    def add(
+        self, labels: list[dict[str, Any]], *, max_items: int = MAX_LABELS, key: str | None = None
+    ) -> int:
+        """Validate ``labels`` and write them as one object; the number written (0: nothing).
+        ``key``: who sent them (a key id, see the module docstring)."""
         clean = validate_labels(labels, max_items=max_items)
         if clean:
-            self._write(clean)
+            self._write(clean, key=key)
         return len(clean)
 
     def files(self) -> list[ObjectInfo]:
@@ -177,20 +203,24 @@ class FeedbackStore:
                 self._reject(info.key, info.name, exc.message)
                 continue
             if clean:
-                self._write(clean, source=info.key)
+                self._write(clean, source=info.key, key=f"file:{info.name}")
             self.store.delete(info.key)
             received += len(clean)
         return received
 
-    def _write(self, clean: list[dict[str, Any]], source: str | None = None) -> str:
+    def _write(
+        self, clean: list[dict[str, Any]], source: str | None = None, key: str | None = None
+    ) -> str:
         now = time.time()
-        key = f"{self.prefix}/received/{_stamp(now)}-{uuid.uuid4().hex[:8]}.jsonl"
+        target = f"{self.prefix}/received/{_stamp(now)}-{uuid.uuid4().hex[:8]}.jsonl"
         extra: dict[str, Any] = {"received_at": now}
         if source is not None:
             extra["source"] = source
+        if key is not None:
+            extra["key"] = key
         lines = [json.dumps({**label, **extra}, ensure_ascii=False) for label in clean]
-        self.store.put_bytes(key, ("\n".join(lines) + "\n").encode())
-        return key
+        self.store.put_bytes(target, ("\n".join(lines) + "\n").encode())
+        return target
 
     def _reject(self, key: str, name: str, reason: str) -> None:
         target = f"{self.prefix}/rejected/{_stamp(time.time())}-{uuid.uuid4().hex[:8]}-{name}"

@@ -16,9 +16,15 @@ the next for a request that straddled it). A pass (``sync``):
    ``LATE_S`` is past) is ``unmatched`` for good and never looked for again.
 
 Labels whose ids carry no time (ids made before time-ordered ids) are looked for by one read of
-all the capture, in the pass they arrive. So a pass costs the new labels and the hours they
-name, never all traffic; live quality (``quality_report``) and the retrain policy's labelled
-rows (``matched_rows``) read the table: one row per labelled prediction.
+all the capture, in the pass they arrive. A label whose id names a time that cannot be (more
+than a day ahead, as a crafted id does) is counted (``invalid``) and given up at once: a bad
+label never stops a pass. Each label keeps who sent it (``key_id``), and each pass writes one
+``labels.received`` event per sender saying how many labels it took in.
+
+So a pass costs the new labels and the hours they name, never all traffic; live quality
+(``quality_report``) and the retrain policy's labelled rows (``labelled``) read the table: one
+row per labelled prediction. The policy's check (``tidal.monitoring.trust``) may mark labels
+``quarantined`` (the ``trust`` column): they are never trained on.
 
 Live quality is kept counted as it is joined: ``label_cells`` holds, per version, variant,
 minute (of the prediction), true label and predicted label, how many joined labels fall there,
@@ -37,7 +43,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tidal.errors import TidalError
 from tidal.monitoring.feedback import FeedbackStore, QualityReport, label_text, score
@@ -48,11 +54,14 @@ if TYPE_CHECKING:
     from tidal.workspace import Workspace
 
 HOUR_S = 3600.0
+DAY_S = 86_400.0
 PENDING, MATCHED, UNMATCHED = "pending", "matched", "unmatched"
 Key = tuple[str, int]  # (inference_id, row)
 Join = tuple[str, str | None, str | None, float | None, str | None, str | None]
 Cell = tuple[str, str, int, str, str]  # version, variant, minute, label, predicted
 CHUNK = 500  # ids per query when looking up labels already stored
+QUARANTINED = "quarantined"
+TRUSTED = f"(trust IS NULL OR trust != '{QUARANTINED}')"  # SQL: a label not quarantined
 
 log = logging.getLogger("tidal.monitoring.labels")
 
@@ -63,6 +72,7 @@ class SyncResult:
     matched: int = 0  # labels joined to their prediction this pass
     objects: int = 0  # capture objects read this pass
     full_scan: bool = False  # labels of ids without a time made this pass read all capture
+    invalid: int = 0  # labels whose id names an impossible time: given up, never looked for
 
 
 def sync(ws: Workspace, *, now: float | None = None) -> SyncResult:
@@ -75,6 +85,18 @@ def sync(ws: Workspace, *, now: float | None = None) -> SyncResult:
     wanted = {key: inference_time(key[0]) for key in new} | {
         key: inference_time(key[0]) for key in pending
     }
+    invalid = {
+        key for key, when in wanted.items() if when is not None and not 0 <= when <= now + DAY_S
+    }
+    for key in invalid:
+        del wanted[key]
+    if invalid:
+        result.invalid = len(invalid)
+        log.warning(
+            "%d labels name inference ids of impossible times (e.g. %s): given up",
+            len(invalid),
+            next(iter(invalid))[0][:40],
+        )
     ids = {key[0] for key in wanted}
     found: dict[Key, Join] = {}
     read: set[str] = set()
@@ -91,7 +113,7 @@ def sync(ws: Workspace, *, now: float | None = None) -> SyncResult:
                 read.add(info.key)
                 _collect(ws, info.key, ids, wanted, found)
     result.objects = len(read)
-    final = {
+    final = invalid | {
         key
         for key, when in wanted.items()
         if key not in found
@@ -100,6 +122,7 @@ def sync(ws: Workspace, *, now: float | None = None) -> SyncResult:
     _store(ws, new, replaced, found, final, pending)
     if objects:
         ws.state.mark_seen(f"labels:{ws.model_name}", objects, objects[-1][0])
+        _audit(ws, new, replaced)
     result.matched = len(found)
     return result
 
@@ -152,15 +175,34 @@ def quality_report(ws: Workspace, *, window_s: float) -> QualityReport:
     return score(report, frame)
 
 
+class Labelled(NamedTuple):
+    """A label joined to its prediction: the input row, the label (as text), when it came,
+    who sent it and where it is (to quarantine it)."""
+
+    input: dict[str, Any]
+    label: str
+    received_at: float
+    key_id: str
+    inference_id: str
+    row: int
+
+
 def matched_rows(ws: Workspace) -> Iterator[tuple[dict[str, Any], str, float]]:
-    """(input row, label as text, received_at) of every label joined to its prediction, oldest
-    first (labels are kept as ``feedback.label_text`` says: 1, 1.0 and "1" are one class). The
-    inputs are read from the capture objects the join found them in, each object once; an
-    input whose object is gone comes as an empty row (and is logged)."""
+    """(input row, label as text, received_at) of every label joined to its prediction and not
+    quarantined, oldest first (see ``labelled``)."""
+    for found in labelled(ws):
+        yield found.input, found.label, found.received_at
+
+
+def labelled(ws: Workspace) -> Iterator[Labelled]:
+    """Every label joined to its prediction and not quarantined, oldest first (labels are kept
+    as ``feedback.label_text`` says: 1, 1.0 and "1" are one class). The inputs are read from
+    the capture objects the join found them in, each object once; an input whose object is
+    gone comes as an empty row (and is logged)."""
     rows = _rows(
         ws,
-        "SELECT inference_id, row, label, received_at, input, source FROM labels"
-        " WHERE model=? AND status=? ORDER BY received_at",
+        "SELECT inference_id, row, label, received_at, input, source, key_id FROM labels"
+        f" WHERE model=? AND status=? AND {TRUSTED} ORDER BY received_at",
         (ws.model_name, MATCHED),
     )
     wanted: dict[str, set[str]] = {}
@@ -179,7 +221,34 @@ def matched_rows(ws: Workspace) -> Iterator[tuple[dict[str, Any], str, float]]:
             given = json.loads(r["input"])
         else:
             given = inputs.get((r["inference_id"], r["row"])) or {}
-        yield given, r["label"], r["received_at"]
+        yield Labelled(
+            given,
+            r["label"],
+            r["received_at"],
+            r["key_id"] or "unknown",
+            r["inference_id"],
+            r["row"],
+        )
+
+
+def quarantine(ws: Workspace, keys: list[tuple[str, int]]) -> int:
+    """Mark the labels of ``keys`` (inference_id, row) quarantined: never trained on again
+    (a later label for the same row replaces it and is checked afresh). The number marked."""
+    with ws.state.tx() as db:
+        cursor = db.executemany(
+            "UPDATE labels SET trust=? WHERE model=? AND inference_id=? AND row=?",
+            [(QUARANTINED, ws.model_name, i, r) for i, r in keys],
+        )
+        return int(cursor.rowcount)
+
+
+def quarantined(ws: Workspace) -> int:
+    """How many of the model's labels are quarantined."""
+    with ws.state.tx() as db:
+        row = db.execute(
+            "SELECT COUNT(*) FROM labels WHERE model=? AND trust=?", (ws.model_name, QUARANTINED)
+        ).fetchone()
+    return int(row[0])
 
 
 def matched_since(ws: Workspace, cutoff: float | None, labels: list[str]) -> int:
@@ -189,7 +258,7 @@ def matched_since(ws: Workspace, cutoff: float | None, labels: list[str]) -> int
     with ws.state.tx() as db:
         row = db.execute(
             f"SELECT COUNT(*) FROM labels WHERE model=? AND status=? AND received_at>?"
-            f" AND label IN ({marks})",
+            f" AND label IN ({marks}) AND {TRUSTED}",
             (ws.model_name, MATCHED, -1.0 if cutoff is None else cutoff, *labels),
         ).fetchone()
     return int(row[0])
@@ -226,8 +295,31 @@ def _pending(ws: Workspace) -> dict[Key, str]:
     return {(r["inference_id"], r["row"]): r["label"] for r in rows}
 
 
+def _audit(ws: Workspace, new: dict[Key, dict[str, Any]], replaced: dict[Key, int]) -> None:
+    """One ``labels.received`` event per sender of this pass's labels: who sent how many."""
+    senders: dict[str, list[float]] = {}
+    for key, x in new.items():
+        at = float(x.get("received_at") or 0.0)
+        senders.setdefault(str(x.get("key") or "unknown"), []).extend(
+            [at] * (1 + replaced.get(key, 0))
+        )
+    for sender, times in sorted(senders.items()):
+        first, last = min(times), max(times)
+        ws.state.event(
+            "labels.received",
+            f"{len(times)} late labels from {sender} received between "
+            f"{datetime.fromtimestamp(first, UTC):%Y-%m-%d %H:%M:%S} and "
+            f"{datetime.fromtimestamp(last, UTC):%H:%M:%S} UTC",
+            model=ws.model_name,
+            data={"key": sender, "labels": len(times), "first_at": first, "last_at": last},
+        )
+
+
 def _hour_objects(ws: Workspace, hour: float) -> list[str]:
-    when = datetime.fromtimestamp(hour, UTC)
+    try:
+        when = datetime.fromtimestamp(hour, UTC)
+    except (ValueError, OverflowError, OSError):  # not a time: no capture hour holds it
+        return []
     prefix = f"{CAPTURE_PREFIX}/{ws.model_name}/date={when:%Y-%m-%d}/hour={when:%H}"
     return [i.key for i in ws.store.list(prefix)]
 
@@ -278,24 +370,26 @@ def _store(
             old = before.get(key)
             if old is None:
                 join = joined(key)
-                fresh.append((model, key[0], key[1], label, at, n, *join))
+                fresh.append((model, key[0], key[1], label, at, n, *join, x.get("key")))
             else:  # a row joined before keeps its join (its label changes cell); a pending
                 join = joined(key)  # one takes this pass's
                 if old[1] == MATCHED:
                     join = old[1:]
                     removed.append(_cell(join, old[0]))
-                again.append((label, at, 1 + n, *join, model, key[0], key[1]))
+                again.append((label, at, 1 + n, *join, x.get("key"), model, key[0], key[1]))
             if join[0] == MATCHED:
                 added.append(_cell(join, label))
         fresh.sort()  # in key order: each row lands at the end of the table's B-tree
         db.executemany(
             "INSERT INTO labels(model, inference_id, row, label, received_at, replaced, status,"
-            " version, variant, ts, predicted, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " version, variant, ts, predicted, source, key_id)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             fresh,
         )
         db.executemany(
             "UPDATE labels SET label=?, received_at=?, replaced=replaced+?, status=?, version=?,"
-            " variant=?, ts=?, predicted=?, source=? WHERE model=? AND inference_id=? AND row=?",
+            " variant=?, ts=?, predicted=?, source=?, key_id=?, trust=NULL"
+            " WHERE model=? AND inference_id=? AND row=?",
             again,
         )
         later = [key for key in (set(found) | final) - set(new) if key in pending]

@@ -12,9 +12,20 @@ with its reason; when all pass it retrains:
     runs_budget     retrain.max_runs_per_day retrains started in the last 24 hours
     compute_budget  those retrains trained for retrain.max_compute_s_per_day seconds or more
     too_few_rows    fewer than retrain.min_rows labelled rows arrived since the last retrain
+    quarantined     the check of the labels (``tidal.monitoring.trust``) quarantined a sender's
+                    labels, and fewer than retrain.min_rows new trusted rows remain
+    unchecked       that check could not run (the champion or the holdout unreadable)
     retrain         all passed: a training file lands, and the run is queued
 
 The budgets count the policy's own retrains: a file a user lands is their explicit choice.
+
+Labels from ``/feedback`` are untrusted until checked: before a retrain file lands, each
+sender's labels are tested against the champion (``tidal.monitoring.trust``: contradictions on
+confidently predicted rows against its holdout error), and a sender who fails is quarantined
+(its labels never trained on; the figures in the decision's ``checks`` and a
+``labels.quarantined`` event). One sender's rows are then capped so that its share of the
+accumulated training set stays within ``validation.max_file_share`` (the newest are kept;
+``capped`` says how many went).
 
 *Labelled rows* are late labels (``POST /feedback``, files in ``feedback/``) joined to the
 served inputs they label (the capture records): the features the model saw and the label it
@@ -77,6 +88,8 @@ class RetrainDecision:
     source: str | None = None  # the retrain file's URI
     cutoff: float | None = None  # received_at of the newest label in the file
     champion: str | None = None
+    checks: dict[str, Any] | None = None  # the label check (tidal.monitoring.trust.Screen)
+    capped: dict[str, int] | None = None  # sender → rows left out by validation.max_file_share
     at: float = field(default_factory=time.time)
     id: int | None = None
     repeats: int = 1
@@ -93,6 +106,8 @@ class LabelledRows:
     rows: list[dict[str, Any]]  # features and the label column, in the schema's order
     received_at: list[float]
     unusable: int = 0  # labels whose input lacks a feature, or whose label is not a class
+    senders: list[str] = field(default_factory=list)  # who sent each row's label (key id)
+    ids: list[tuple[str, int]] = field(default_factory=list)  # each (inference_id, row)
 
     def since(self, cutoff: float | None) -> int:
         return len(self.rows) if cutoff is None else sum(t > cutoff for t in self.received_at)
@@ -201,26 +216,105 @@ def _decide(ws: Workspace, alarms: list[Alarm], now: float) -> RetrainDecision:
         )
     promoted = [d for d in retrains if _promoted(ws, d.run_id)]
     cutoff = promoted[0].cutoff if promoted else None
-    picked = [
-        row for row, t in zip(labelled.rows, labelled.received_at, strict=True)
-        if cutoff is None or t > cutoff
-    ]  # fmt: skip
-    source, run_id = _land(ws, picked, now)
+    picked = [i for i, t in enumerate(labelled.received_at) if cutoff is None or t > cutoff]
+    try:
+        checked = _check_labels(ws, labelled, picked)
+    except Exception as exc:  # no check, no training on untrusted labels
+        log.exception("the late labels could not be checked")
+        return skip(
+            "unchecked",
+            f"the late labels could not be checked against the champion ({exc}); nothing is "
+            "trained on them until they are",
+            new_rows=new,
+        )
+    doubted = set(checked.quarantined)
+    picked = [i for i in picked if labelled.senders[i] not in doubted]
+    new = sum(since is None or labelled.received_at[i] > since for i in picked)
+    if doubted and new < cfg.min_rows:
+        return skip(
+            "quarantined",
+            f"the labels of {', '.join(sorted(doubted))} were quarantined: they contradict "
+            f"champion v{checked.champion} far more often than its holdout error allows; "
+            f"{new} new trusted labelled rows remain, retrain.min_rows is {cfg.min_rows}",
+            new_rows=new,
+            checks=checked.to_dict(),
+        )
+    picked, capped = _cap_senders(ws, labelled, picked)
+    rows = [labelled.rows[i] for i in picked]
+    source, run_id = _land(ws, rows, now)
     names = ", ".join(f"{a.kind} on v{a.version}" for a in alarms)
     return RetrainDecision(
         "retrain",
         "retrain",
-        f"{names}: retraining on {len(picked)} labelled rows ({new} new) with every accepted "
-        "training set before them",
+        f"{names}: retraining on {len(rows)} labelled rows ({new} new) with every accepted "
+        "training set before them"
+        + (f"; quarantined: {', '.join(sorted(doubted))}" if doubted else "")
+        + (f"; capped by validation.max_file_share: {capped}" if capped else ""),
         found,
         new_rows=new,
-        rows=len(picked),
+        rows=len(rows),
         run_id=run_id,
         source=source,
         cutoff=max(labelled.received_at),
         champion=deployment.version if deployment else None,
+        checks=checked.to_dict(),
+        capped=capped or None,
         at=now,
     )
+
+
+def _check_labels(ws: Workspace, labelled: LabelledRows, picked: list[int]) -> Any:
+    """The trust check of the ``picked`` rows; the labels of a quarantined sender are marked
+    (never trained on again), each with a ``labels.quarantined`` event."""
+    from tidal.monitoring import labels, trust
+
+    checked = trust.check(
+        ws, [labelled.rows[i] for i in picked], [labelled.senders[i] for i in picked]
+    )
+    for sender in checked.senders:
+        if not sender.quarantined:
+            continue
+        marked = labels.quarantine(
+            ws, [labelled.ids[i] for i in picked if labelled.senders[i] == sender.key]
+        )
+        ws.state.event(
+            "labels.quarantined",
+            f"{marked} late labels quarantined, never trained on: {sender.reason}",
+            model=ws.model_name,
+            data=asdict(sender) | {"marked": marked},
+        )
+        log.warning("labels quarantined: %s", sender.reason)
+    return checked
+
+
+def _cap_senders(
+    ws: Workspace, labelled: LabelledRows, picked: list[int]
+) -> tuple[list[int], dict[str, int]]:
+    """``picked`` with each sender's rows cut to the newest that keep its share of the
+    accumulated training set (the accepted train splits plus its rows) within
+    ``validation.max_file_share``; and how many rows each cut sender lost."""
+    share = ws.config.validation.max_file_share
+    if share >= 1.0 or not ws.config.data.accumulate:
+        return picked, {}
+    from tidal.pipeline import accepted_train_rows
+
+    accumulated = accepted_train_rows(ws)
+    if accumulated == 0:  # a champion deployed by hand: no training set to hold a share of
+        return picked, {}
+    limit = int(share / (1.0 - share) * accumulated)
+    counts: dict[str, int] = {}
+    for i in picked:
+        counts[labelled.senders[i]] = counts.get(labelled.senders[i], 0) + 1
+    capped = {key: n - limit for key, n in counts.items() if n > limit}
+    skip = dict(capped)
+    kept = []
+    for i in picked:  # oldest first: a capped sender's oldest rows go
+        key = labelled.senders[i]
+        if skip.get(key, 0) > 0:
+            skip[key] -= 1
+            continue
+        kept.append(i)
+    return kept, capped
 
 
 def _labelled_since(ws: Workspace, cutoff: float | None) -> int:
@@ -252,17 +346,17 @@ def labelled_rows(ws: Workspace, *, sync: bool = True) -> LabelledRows:
         return LabelledRows([], [])
     names = schema.feature_names
     classes = {label_text(c): c for c in schema.labels}
-    rows: list[dict[str, Any]] = []
-    received: list[float] = []
-    unusable = 0
-    for given, label, received_at in labels.matched_rows(ws):
-        value = classes.get(label_text(label))
-        if value is None or any(name not in given for name in names):
-            unusable += 1
+    found = LabelledRows([], [])
+    for x in labels.labelled(ws):
+        value = classes.get(label_text(x.label))
+        if value is None or any(name not in x.input for name in names):
+            found.unusable += 1
             continue
-        rows.append({name: given[name] for name in names} | {schema.label_column: value})
-        received.append(received_at)
-    return LabelledRows(rows, received, unusable)
+        found.rows.append({name: x.input[name] for name in names} | {schema.label_column: value})
+        found.received_at.append(x.received_at)
+        found.senders.append(x.key_id)
+        found.ids.append((x.inference_id, x.row))
+    return found
 
 
 def decisions(ws: Workspace, *, limit: int = 20) -> list[RetrainDecision]:

@@ -69,7 +69,15 @@ def openapi_schema(
                     "scheme": "bearer",
                     "description": "an API key created with 'tidal keys create' whose hash "
                     "is in serving.api_keys",
-                }
+                },
+                # POST /feedback's own scope: admin keys are not taken there
+                "feedbackKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a feedback key created with 'tidal keys create --scope "
+                    "feedback' whose hash is in serving.feedback_keys (none needed only with "
+                    "serving.feedback_open, which is unsafe)",
+                },
             },
         },
     }
