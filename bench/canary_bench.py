@@ -63,7 +63,9 @@ def main() -> int:
 
     import pandas as pd
 
-    ws = Workspace.open(args.workspace, overrides={"serving": {"port": 0, "reload_interval_s": 0.1}})
+    ws = Workspace.open(
+        args.workspace, overrides={"serving": {"port": 0, "reload_interval_s": 0.1}}
+    )
     first, second = args.versions.split(",")
     if ws.state.current_deployment(ws.model_name) is None:
         raise SystemExit("the workspace serves nothing: run 'tidal demo --keep DIR' first")

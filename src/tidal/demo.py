@@ -334,17 +334,17 @@ def _say_record(
     starts, and decides."""
     decision = record["decision"]
     color = {"promoted": "green", "rejected": "yellow"}.get(decision, "red")
-    champion = f"v{record['champion']}" if record.get("champion") else "none"
+    serving = f"v{record['champion']}" if record.get("champion") else "none"
     if decision == "promoted" and record.get("champion") not in (None, record.get("version")):
         line = (
             f"  [green]registered v{record['version']}[/] (gate passed); {rollout} starting, "
-            f"champion stays {champion} until it completes"
+            f"champion stays {serving} until it completes"
         )
     else:
         line = f"  [{color}]{decision}[/]"
         if record.get("version"):
             line += f" v{record['version']}"
-        line += f", champion {champion}"
+        line += f", champion {serving}"
     if served_s is not None:
         line += f", serving {served_s:.2f} s after landing"
     say(line, highlight=False)

@@ -270,7 +270,9 @@ def test_a_slower_candidate_under_the_margin_never_fires() -> None:
 
     assert margined.value is not None and margined.value > 2
     assert margined.state is AlarmState.OK
-    assert margined.evidence["limit_s"] == pytest.approx(margined.evidence["baseline_upper_s"] + 0.005)
+    assert margined.evidence["limit_s"] == pytest.approx(
+        margined.evidence["baseline_upper_s"] + 0.005
+    )
     assert unmargined.state is AlarmState.FIRING
 
 

@@ -176,7 +176,6 @@ class Window:
             seen += count
         return None  # unreachable: the last non-empty bucket always reaches the rank
 
-
     def count_over(self, limit: float) -> int:
         """Requests slower than ``limit`` seconds: whole buckets above it, the share of its own
         bucket above it (linear, as ``quantile``), the +Inf bucket always; rounded down."""
