@@ -312,7 +312,7 @@ def _row(name: str, record: dict[str, Any], served_s: float | None) -> dict[str,
     rollout = record.get("rollout_status")  # set by the demo's second act after its canary
     return {
         "file": name,
-        "decision": f"{record['decision']}, canary {rollout}" if rollout else record["decision"],
+        "decision": f"canary {rollout}" if rollout else record["decision"],
         "version": record.get("version"),
         "champion": record.get("champion"),
         "accuracy": combined.get("accuracy"),

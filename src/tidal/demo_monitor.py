@@ -190,6 +190,7 @@ def _say_drift(say: Any, ws: Any, version: str, drift: dict[str, Any]) -> None:
             if isinstance(value, float)
             and not name.startswith(("baseline", "missing"))
             and "pvalue" not in name
+            and not name.endswith("_bins")
         )
         say(f"    {feature['name']}: {shown}", highlight=False)
 

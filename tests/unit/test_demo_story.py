@@ -35,4 +35,4 @@ def test_the_summary_row_says_how_the_canary_ended() -> None:
 
     assert _row("retrain.jsonl", record, None)["decision"] == "promoted"
     rolled = _row("retrain.jsonl", record | {"rollout_status": "rolled_back"}, None)
-    assert rolled["decision"] == "promoted, canary rolled_back"
+    assert rolled["decision"] == "canary rolled_back"
