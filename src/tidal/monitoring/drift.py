@@ -114,7 +114,7 @@ class Thresholds:
     oov: float = 0.1  # absolute change of the out-of-vocabulary token rate
     text_auc: float = 0.75  # domain classifier AUC, baseline vs window text embeddings
     missing: float = 0.1  # absolute change of the missing-value rate
-    alpha: float = 0.01  # significance a distance must also reach, shared by all the checks
+    alpha: float = 0.01  # false discovery rate over the features (Benjamini–Hochberg)
     min_samples: int = 200
 
 
