@@ -24,10 +24,13 @@ their slowest one or two: noise). On one window, the same span for both variants
    the limit with probability ``1 - q``; the alarm fires when the candidate's requests over the
    limit are more than that allows (one-sided exact binomial test, p under ``1 - confidence``).
 
-A false alarm then needs the baseline's bound and the candidate's count both wrong at once;
-measured on the demo's canary (two equal models, 50% then 100% of ~100 requests a second):
-no rollback in 20 runs, where the p99 ratio rolled back 2 runs in 4. A 5x slower candidate
-(20 ms against ~3 ms) is over the limit with p < 1e-20 in one 6-second window.
+A false alarm then needs the baseline's bound and the candidate's count both wrong at once.
+Measured on a loaded 2-core VM: the demo's canary between two equal models (``bench/
+canary_bench.py``, 50% then 100% of ~100 requests a second, 10 s bakes) was rolled back in 0
+of 20 runs, where the p99 ratio rolled back 13 of 20; the tests' 5x slower candidate (20 ms a
+row) is rolled back 1.2-1.7 s after its first traffic (p ~ 1e-7 on its first ~24 requests),
+where the p99 ratio, which waited for 100 of them, took 3.9-5.2 s. The price: a candidate
+under the ratio (or the margin) more than the baseline's upper bound is never called slower.
 
 No data is never a pass: a variant under ``min_samples`` in the window gives
 ``insufficient_data``, never ``ok``, so a rollout that saw no traffic cannot promote.
