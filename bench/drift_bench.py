@@ -10,6 +10,11 @@ mapping feature → float64 array (how a Parquet capture reads back), are checke
 - ``shifted``: the same rows with three features moved (f3: mean + 0.5 std, f17: std × 1.5,
   f42: 20% missing values); exactly those three must be reported drifted.
 
+Then the demo's case, small: the tabular example's ``traffic.csv`` (114 rows, ``mean radius``
+x 1.5) against the baseline of the demo's v2 (batch-1 and batch-2, 455 rows); reported: the
+features the report says drifted, and those whose PSI or score is over the threshold (what a
+reader of the report sees flagged). It must name ``mean radius`` alone.
+
 A check is ``WindowStats.from_batch`` + ``compare``; its time is the median of ``--repeat``
 runs, its memory the peak of allocations during one more run (tracemalloc, to which numpy
 reports its buffers; the process's peak RSS cannot show it: the input arrays, 400 MB, exist
@@ -34,7 +39,7 @@ import pandas as pd
 
 from tidal.artifact import Feature
 from tidal.monitoring.baseline import Baseline
-from tidal.monitoring.drift import Status, WindowStats, compare
+from tidal.monitoring.drift import Status, Thresholds, WindowStats, compare
 
 GOAL_S = 5.0
 SHIFTED = {"f3": "mean + 0.5 std", "f17": "std x 1.5", "f42": "20% missing"}
@@ -83,6 +88,33 @@ def measure(run: Callable[[], Any], repeat: int) -> dict[str, Any]:
         "max_s": max(times),
         "peak_mb": peak / 2**20,
         "report": result,
+    }
+
+
+def demo_case() -> dict[str, Any]:
+    """The demo's drift check, as ``tidal demo`` builds it (see the module docstring)."""
+    from tidal.examples import DRIFT_FACTOR, EXAMPLES, example_frame
+
+    example = EXAMPLES["tabular"]
+    frame = example_frame("tabular").drop(columns=[example.label_column])
+    second = int(len(frame) * 0.8)
+    features = [Feature(str(c), "number") for c in frame.columns]
+    baseline = Baseline.from_frame(frame.iloc[:second], features)
+    traffic = frame.iloc[second:].copy()
+    feature = str(example.drift_feature)
+    traffic[feature] = (traffic[feature] * DRIFT_FACTOR).round(4)
+    report = compare(
+        baseline, WindowStats.from_batch(baseline, traffic), Thresholds(min_samples=100)
+    )
+    psi = report.thresholds.psi
+    return {
+        "rows": report.rows,
+        "shifted": feature,
+        "drifted": report.drifted,
+        "psi_over_threshold": [
+            f.name for f in report.features if (f.metrics.get("psi") or 0) > psi
+        ],
+        "score_over_1": [f.name for f in report.features if f.score > 1],
     }
 
 
@@ -146,6 +178,16 @@ def main() -> int:
         f"(goal ≤ {GOAL_S:.0f} s: {'met' if full <= GOAL_S else 'MISSED'}); shifted features: "
         + ", ".join(f"{k} ({v})" for k, v in SHIFTED.items())
     )
+    demo = demo_case()
+    print(
+        f"\ndemo case ({demo['rows']} rows, {demo['shifted']} x 1.5, 30 features): drifted "
+        f"{', '.join(demo['drifted']) or '-'}; PSI over the threshold: "
+        f"{len(demo['psi_over_threshold'])} features; score over 1: {len(demo['score_over_1'])}"
+    )
+    if demo["drifted"] != [demo["shifted"]] or demo["psi_over_threshold"] != [demo["shifted"]]:
+        failures.append(
+            f"demo case: drifted {demo['drifted']}, PSI over {demo['psi_over_threshold']}"
+        )
     for failure in failures:
         print(f"WRONG VERDICT {failure}")
     if args.json:
@@ -153,6 +195,7 @@ def main() -> int:
             "baseline_s": baseline_s,
             "baseline_kb": size_kb,
             "cases": figures,
+            "demo_case": demo,
             "args": {k: str(v) for k, v in vars(args).items()},
         }
         args.json.write_text(json.dumps(out, indent=2))

@@ -293,7 +293,26 @@ class RolloutConfig(_Section):
         0.05, ge=0, le=1, description="Alarm: candidate error (5xx) rate above this; empty: off."
     )
     max_p99_ratio: float | None = Field(
-        2.0, gt=0, description="Alarm: candidate p99 latency over baseline p99 above this."
+        2.0,
+        gt=0,
+        description="Alarm: candidate latency quantile (p99, lower on small windows) over the "
+        "baseline's above this, shown with latency_confidence, on the same window; empty: off.",
+    )
+    min_latency_margin_ms: float = Field(
+        5.0, ge=0, description="Latency alarm: the candidate must also be this much slower."
+    )
+    latency_quantile: float = Field(
+        0.99,
+        ge=0.5,
+        lt=1,
+        description="Latency alarm: the quantile judged when a window has enough requests for "
+        "it (p99 needs 757 at 99.9%); smaller windows fall back to p95, p90, p75, p50.",
+    )
+    latency_confidence: float = Field(
+        0.999,
+        ge=0.5,
+        lt=1,
+        description="Latency alarm: confidence that the candidate is slower before it fires.",
     )
     max_prediction_shift: float | None = Field(
         0.2,

@@ -313,9 +313,10 @@ def _row(name: str, record: dict[str, Any], served_s: float | None) -> dict[str,
     candidate = metrics.get("candidate") or {}
     combined = candidate.get("combined") or {}
     champion = (metrics.get("champion") or {}).get("combined") or {}
+    rollout = record.get("rollout_status")  # set by the demo's second act after its canary
     return {
         "file": name,
-        "decision": record["decision"],
+        "decision": f"canary {rollout}" if rollout else record["decision"],
         "version": record.get("version"),
         "champion": record.get("champion"),
         "accuracy": combined.get("accuracy"),
@@ -329,13 +330,25 @@ def _row(name: str, record: dict[str, Any], served_s: float | None) -> dict[str,
     }
 
 
-def _say_record(say: Any, record: dict[str, Any], served_s: float | None) -> None:
+def _say_record(
+    say: Any, record: dict[str, Any], served_s: float | None, *, rollout: str = "rollout"
+) -> None:
+    """The run's decision in one line, then its metrics and reasons. A version that passed the
+    gate while a champion serves is not the champion yet: its ``rollout`` (the strategy's name)
+    starts, and decides."""
     decision = record["decision"]
     color = {"promoted": "green", "rejected": "yellow"}.get(decision, "red")
-    line = f"  [{color}]{decision}[/]"
-    if record.get("version"):
-        line += f" v{record['version']}"
-    line += f", champion {('v' + str(record['champion'])) if record.get('champion') else 'none'}"
+    serving = f"v{record['champion']}" if record.get("champion") else "none"
+    if decision == "promoted" and record.get("champion") not in (None, record.get("version")):
+        line = (
+            f"  [green]registered v{record['version']}[/] (gate passed); {rollout} starting, "
+            f"champion stays {serving} until it completes"
+        )
+    else:
+        line = f"  [{color}]{decision}[/]"
+        if record.get("version"):
+            line += f" v{record['version']}"
+        line += f", champion {serving}"
     if served_s is not None:
         line += f", serving {served_s:.2f} s after landing"
     say(line, highlight=False)

@@ -133,11 +133,13 @@ def run_act(
     run = ws.state.run(decision["run_id"])
     say(f"[bold]→ {Path(run.uri).name}[/]: the retrain, through the same gate", highlight=False)
     record = wait_record(ws, run.sha256, wait_s)
-    say_record(say, record, None)
+    say_record(say, record, None, rollout=str(CANARY["strategy"]))
     act["run"] = record
     if record["decision"] == "promoted":
         act["rollout"] = _canary(ws, url, instances, say)
         champion = ws.state.current_deployment(ws.model_name)
+        if act["rollout"] is not None:
+            record["rollout_status"] = act["rollout"]["status"]
         if champion is not None:
             record["champion"] = champion.version  # after the rollout, not as the run ended
             if wait_served is not None:  # the endpoint has loaded it before the demo ends
@@ -194,6 +196,7 @@ def _say_drift(say: Any, ws: Any, version: str, drift: dict[str, Any]) -> None:
             if isinstance(value, float)
             and not name.startswith(("baseline", "missing"))
             and "pvalue" not in name
+            and not name.endswith("_bins")
         )
         say(f"    {feature['name']}: {shown}", highlight=False)
 

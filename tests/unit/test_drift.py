@@ -295,3 +295,46 @@ def test_windows_of_another_baseline_are_refused(numeric: Baseline) -> None:
 def test_baseline_names_missing_training_columns() -> None:
     with pytest.raises(TidalError, match="'z' missing in the training data; columns found: x, y"):
         Baseline.from_frame(normal_frame(10, 1), [*NUMERIC, Feature("z", "number")])
+
+
+# -- the toy drift case: one shifted feature among 30, a few hundred rows -----------------------
+
+
+@pytest.fixture(scope="module")
+def cancer() -> pd.DataFrame:
+    from sklearn.datasets import load_breast_cancer
+
+    return load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
+
+
+def split(frame: pd.DataFrame, seed: int, rows: int = 300) -> tuple[Baseline, pd.DataFrame]:
+    """A baseline of some rows, and a window of ``rows`` others: two samples of one population."""
+    shuffled = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    features = [Feature(str(c), "number") for c in frame.columns]
+    return Baseline.from_frame(shuffled.iloc[rows:], features), shuffled.iloc[:rows]
+
+
+def test_one_feature_x1_5_among_30_on_300_rows_is_the_one_flagged(cancer: pd.DataFrame) -> None:
+    flagged = []
+    for seed in range(5):
+        baseline, window = split(cancer, seed)
+        window = window.assign(**{"mean radius": window["mean radius"] * 1.5})
+        report = compare(baseline, WindowStats.from_batch(baseline, window))
+        flagged.append(report.drifted)
+        # the shifted feature's PSI is far over the threshold; the others' (bias-corrected)
+        # are near 0, where uncorrected PSI on 20 bins of ~300 values averages ~0.14
+        others = [f.metrics["psi"] or 0.0 for f in report.features if f.name != "mean radius"]
+        assert np.median(others) < 0.05, others
+    assert all(d[0] == "mean radius" for d in flagged), flagged
+    assert all(len(d) <= 2 for d in flagged), flagged  # at most one other, and rarely
+    assert sum(len(d) == 1 for d in flagged) >= 4, flagged
+
+
+def test_unshifted_samples_are_rarely_flagged_at_all(cancer: pd.DataFrame) -> None:
+    # 20 splits of the same data: a false discovery rate of 1% over 30 features allows a
+    # report with any drift in about 1 window in 100 when nothing moved
+    drifted = []
+    for seed in range(20):
+        baseline, window = split(cancer, seed)
+        drifted.append(compare(baseline, WindowStats.from_batch(baseline, window)).drifted)
+    assert sum(bool(d) for d in drifted) <= 2, drifted

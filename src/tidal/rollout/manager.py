@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from tidal.errors import UsageError
@@ -78,6 +79,9 @@ def alarm_config(config: RolloutConfig) -> alarms.AlarmConfig:
         max_p99_ratio=config.max_p99_ratio,
         max_prediction_shift=config.max_prediction_shift,
         min_samples=config.min_samples,
+        min_latency_margin_s=config.min_latency_margin_ms / 1000,
+        latency_quantile=config.latency_quantile,
+        latency_confidence=config.latency_confidence,
     )
 
 
@@ -135,12 +139,7 @@ class Manager:
             "traffic": 0.0,
             "shadow": 0.0,
             "sticky_header": config.sticky_header,
-            "alarms": {
-                "max_error_rate": alarm.max_error_rate,
-                "max_p99_ratio": alarm.max_p99_ratio,
-                "max_prediction_shift": alarm.max_prediction_shift,
-                "min_samples": alarm.min_samples,
-            },
+            "alarms": asdict(alarm),
             "window_s": config.window_s,
             "no_data": config.no_data,
             "max_extensions": config.max_extensions,
@@ -260,14 +259,15 @@ class Manager:
             rollout["step_started_at"] = now
             return self._save(rollout, "baking", "no statistics for this bake: baking again")
         # the last window: any alarm firing rolls back now
-        verdicts = self._judge(candidate, primary, config, now, window_s)
+        alone = float(rollout["traffic"]) >= 100.0  # the baseline serves nothing meanwhile
+        verdicts = self._judge(candidate, primary, config, now, window_s, alone=alone)
         if alarms.firing(verdicts):
             return self._rollback(rollout, _reason(verdicts), evidence=_evidence(verdicts))
         step = rollout["steps"][rollout["step"]]
         if now - started < float(step["bake_s"]):
             return rollout
         # the bake is over: judge it whole
-        whole = self._judge(candidate, primary, config, now, now - started, whole=True)
+        whole = self._judge(candidate, primary, config, now, now - started, alone=alone)
         if alarms.firing(whole):
             return self._rollback(rollout, _reason(whole), evidence=_evidence(whole))
         if not alarms.conclusive(whole):
@@ -282,13 +282,17 @@ class Manager:
         now: float,
         window_s: float,
         *,
-        whole: bool = False,
+        alone: bool = False,
     ) -> list[alarms.Verdict]:
         cand = alarms.window_from(candidate, now, window_s)
-        base = alarms.window_from(primary, now, window_s)
-        if base.requests < max(config.min_samples, alarms.P99_MIN_SAMPLES) and primary:
+        same = base = alarms.window_from(primary, now, window_s)
+        if base.requests < config.min_samples and primary:
             base = alarms.window_from(primary, now, now - primary[0].t)  # all the rollout's
-        verdicts = alarms.evaluate(cand, base, config)
+        verdicts = alarms.evaluate(cand, base, config, latency_baseline=same)
+        if alone:
+            # latency depends on the moment's load: with all traffic on the candidate there is
+            # no baseline on the same window to compare it with, so latency is not judged
+            verdicts = [v for v in verdicts if v.name != alarms.Alarm.LATENCY]
         if base.requests < config.min_samples:
             # nothing to compare with (100% of traffic from the start): only the candidate's
             # own alarms can be judged; the comparisons are left out, and said so
