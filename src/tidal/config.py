@@ -196,6 +196,13 @@ class ServingConfig(_Section):
         gt=0,
         description="An extra worker idle this long exits (the last one waits for idle_timeout_s).",
     )
+    launcher_idle_s: float | None = Field(
+        None,
+        gt=0,
+        description="With no worker for this long, the worker launcher exits too (~270 MB "
+        "freed); the next request then pays the library import (~0.5-3 s for scikit-learn). "
+        "Empty: the launcher stays (a cold start pays for the model load only).",
+    )
     memory_mb: int = Field(
         2048,
         ge=16,

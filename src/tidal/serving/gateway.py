@@ -2,7 +2,8 @@
 JSON route, metrics and admin routes, all on one port.
 
     GET  /ping            200 {"status": "ready", "model_version": "3"} once a model is
-                          deployed (its workers may be at zero: a request starts one), 503 before
+                          deployed and the worker launcher has imported its libraries (workers
+                          may be at zero: a request starts one), 503 with the reason before
     POST /invocations     body application/json | text/csv | application/jsonlines (also
                           application/x-jsonlines); answer by Accept: application/json (default,
                           also for */*), text/csv (one label per line), application/jsonlines
@@ -207,6 +208,9 @@ class Gateway:
         loaded = slot.loaded
         if loaded is None or not all(s.ready for s in self.router.slots()):
             return _json({"status": "no model deployed yet"}, 503)
+        unready = self.runtime.unready() if self.runtime else None
+        if unready is not None:  # a request now would wait for the imports, not a model load
+            return _json({"status": unready}, 503, {"Retry-After": "1"})
         return _json({"status": "ready", "model_version": loaded.deployment.version})
 
     async def invocations(self, request: Request) -> Response:
@@ -428,7 +432,15 @@ class Gateway:
                 continue
             variants.append({"model": loaded.deployment.model, **loaded.backend.status()})
         launcher = self.runtime.launcher.pid if self.runtime else None
-        return _json({"launcher_pid": launcher, "in_flight": self.in_flight, "variants": variants})
+        retired = self.runtime.launcher.retired if self.runtime else 0
+        return _json(
+            {
+                "launcher_pid": launcher,
+                "launcher_retired": retired,
+                "in_flight": self.in_flight,
+                "variants": variants,
+            }
+        )
 
     async def reload(self, request: Request) -> Response:
         self._authorize(request)
