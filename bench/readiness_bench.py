@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 
+
 def _first_row(workspace: Path) -> dict[str, Any]:
     """The first row of data/batch-1.csv (the example's file), the label left in: ignored."""
     with open(workspace / "data" / "batch-1.csv", encoding="utf-8") as f:

@@ -338,7 +338,10 @@ def up(
     server = None
     if serve_endpoint:
         server = BackgroundServer(
-            build_endpoint(ws), ws.config.serving.host, ws.config.serving.port
+            build_endpoint(ws),
+            ws.config.serving.host,
+            ws.config.serving.port,
+            header_timeout_s=ws.config.serving.header_timeout_s,
         )
         server.start()
         err.print(f"endpoint on {server.url}", highlight=False)
@@ -398,7 +401,12 @@ def serve(
         config = ws.config
         endpoint = build_endpoint(ws)
     err.print(f"endpoint on http://{config.serving.host}:{config.serving.port}", highlight=False)
-    run_server(endpoint, config.serving.host, config.serving.port)
+    run_server(
+        endpoint,
+        config.serving.host,
+        config.serving.port,
+        header_timeout_s=config.serving.header_timeout_s,
+    )
 
 
 def build_folder_endpoint(model_dir: Path, serving: Any) -> Any:

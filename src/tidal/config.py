@@ -173,6 +173,18 @@ class ServingConfig(_Section):
         False, description="Require an API key on prediction routes too (admin routes always do)."
     )
     max_payload_mb: float = Field(4.0, gt=0, description="Largest request body (SageMaker: 4 MB).")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send a request's headers within this (slow clients are "
+        "cut off, answered 408).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request's body must arrive within this, else 408; a request counts "
+        "toward max_concurrency only once its body is in.",
+    )
     reload_interval_s: float = Field(
         0.5, gt=0, description="How often the endpoint checks for a new champion."
     )

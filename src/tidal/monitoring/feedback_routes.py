@@ -11,7 +11,6 @@ could not be written (retry). With ``require_key`` the route needs ``Authorizati
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -97,11 +96,12 @@ def _too_large(size: int) -> Exception:
 def _items(raw: bytes) -> list[Any]:
     """The labels of a body: one label object, ``{"labels": [...]}``, or a list."""
     from tidal.serving.gateway import Problem
+    from tidal.serving.inputs import MalformedPayload, parse_json
 
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise Problem(400, "malformed_json", f"the body is not JSON: {exc}; {SHAPE}") from exc
+        data = parse_json(raw, "the body")
+    except MalformedPayload as exc:
+        raise Problem(400, "malformed_json", f"{exc}; {SHAPE}") from exc
     if isinstance(data, list):
         return data
     if isinstance(data, dict):

@@ -21,8 +21,9 @@ A prediction answer is ``{"predictions": [{"label", "score", "probabilities"}], 
 "inference_id"}``; the same id is in the ``X-Inference-Id`` header of every answer of a
 prediction route, errors included. Every error is JSON, ``{"error": {"code", "message"}}``, with
 an ``id`` for a 500 whose traceback is in the log under that id: 400 unreadable body, 401/403
-keys, 404/405, 406 Accept, 413 too large, 415 Content-Type, 422 rows that do not fit the model,
-429 over ``max_concurrency`` (with Retry-After), 503 no model yet or a model that cannot start,
+keys, 404/405, 406 Accept, 408 a body slower than ``body_timeout_s``, 413 too large, 415
+Content-Type, 422 rows that do not fit the model, 429 over ``max_concurrency`` (with
+Retry-After; a request counts once its body is in), 503 no model yet or a model that cannot start,
 500 the model raised (its worker stays up).
 
 The gateway never runs a model: rows go to the variant's backend (``tidal.serving.pool``, worker
@@ -261,14 +262,17 @@ class Gateway:
         inference_id = new_inference_id()
         started = time.perf_counter()
         labels = ("", "", "")
-        if self.in_flight >= self.config.max_concurrency:
-            return self._overloaded(request, inference_id, route)
-        self.in_flight += 1
+        counted = False
         try:
             if self.config.require_key_for_predict:
                 self._authorize(request)
             loaded = (loaded_for or self._loaded)(request)
-            body = await self._body(request)
+            body = await self._timed_body(request)
+            # counted once its body is in: slow senders cannot hold every slot (slowloris)
+            if self.in_flight >= self.config.max_concurrency:
+                return self._overloaded(request, inference_id, route)
+            self.in_flight += 1
+            counted = True
             deployment = loaded.deployment
             labels = (deployment.model, deployment.version, loaded.variant)
             rows, context = parse(body, loaded)
@@ -283,7 +287,8 @@ class Gateway:
                 self._variant_stats(labels[2], response.status_code, seconds, None)
             return response
         finally:
-            self.in_flight -= 1
+            if counted:
+                self.in_flight -= 1
         seconds = self._observe(labels, route, 200, started)
         if self._variant_stats is not None:
             self._variant_stats(labels[2], 200, seconds, predictions)
@@ -490,6 +495,19 @@ class Gateway:
                 "(curl: -H 'Content-Type: application/json')",
             )
         return decode
+
+    async def _timed_body(self, request: Request) -> bytes:
+        timeout = self.config.body_timeout_s
+        try:
+            return await asyncio.wait_for(self._body(request), timeout)
+        except TimeoutError:
+            raise Problem(
+                408,
+                "request_timeout",
+                f"the request body did not arrive within serving.body_timeout_s = {timeout:g} s; "
+                "send it at once (and fewer rows per request on a slow link)",
+                headers={"Connection": "close"},
+            ) from None
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")

@@ -110,13 +110,12 @@ class Runtime:
                 pool.has_workers or pool.in_flight for pool in list(self._pools)
             ):
                 busy_at = now  # idle counts from the imports' end or the last worker's exit
-            elif now - busy_at >= idle_s:
-                if await asyncio.to_thread(self.launcher.retire, busy_at):
-                    log.info(
-                        "no worker for %.0f s: the worker launcher exited (serving."
-                        "launcher_idle_s); the next request waits for its imports",
-                        now - busy_at,
-                    )
+            elif now - busy_at >= idle_s and await asyncio.to_thread(self.launcher.retire, busy_at):
+                log.info(
+                    "no worker for %.0f s: the worker launcher exited (serving.launcher_idle_s); "
+                    "the next request waits for its imports",
+                    now - busy_at,
+                )
 
     def stop(self) -> None:
         if self._idle_task is not None and self.loop is not None:
