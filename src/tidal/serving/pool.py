@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tidal.errors import InvalidInput, TidalError
+from tidal.lifeline import PARENT_ENV
 from tidal.serving import protocol
 from tidal.serving.launcher import private_mb
 
@@ -123,6 +124,7 @@ class Launcher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env[PARENT_ENV] = str(os.getpid())
         try:
             self._proc = subprocess.Popen(
                 [
