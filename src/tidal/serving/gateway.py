@@ -424,7 +424,13 @@ class Gateway:
 
         loaded = self.router.pick(request.headers).loaded
         manifest = loaded.backend.manifest if loaded else None
-        return _json(openapi_schema(manifest, version=_tidal_version()))
+        served = {
+            (route.path, method.lower())
+            for route in request.app.routes
+            if isinstance(route, Route)
+            for method in route.methods or ()
+        }
+        return _json(openapi_schema(manifest, version=_tidal_version(), served=served))
 
     # -- admin --------------------------------------------------------------------------------
 
