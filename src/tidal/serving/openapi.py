@@ -15,6 +15,7 @@ for integers), as ``tidal.serving.inputs`` documents. ``null`` is a missing valu
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tidal.artifact import Feature, Manifest
@@ -54,11 +55,14 @@ def openapi_schema(
     ``served`` ((path, lower-case method) pairs), only the operations the app has."""
     paths = _paths()
     if served is not None:
-        paths = {
-            path: kept
-            for path, item in paths.items()
-            if (kept := {m: op for m, op in item.items() if (path, m) in served})
-        }
+        served = {(_shape(path), method) for path, method in served}
+        kept = {}
+        for path, item in paths.items():
+            operations = {m: op for m, op in item.items() if (_shape(path), m) in served}
+            if operations:
+                shared = {"parameters": item["parameters"]} if "parameters" in item else {}
+                kept[path] = {**shared, **operations}
+        paths = kept
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -88,6 +92,11 @@ def openapi_schema(
             },
         },
     }
+
+
+def _shape(path: str) -> str:
+    """A route's path with its parameters unnamed: /v2/models/{name} → /v2/models/{}."""
+    return re.sub(r"\{[^}]*\}", "{}", path)
 
 
 def _description(manifest: Manifest | None) -> str:
@@ -143,8 +152,8 @@ def _paths() -> dict[str, Any]:
             {"200": _predictions_response(csv=True), **_errors(*_PREDICTION_ERRORS, 406)},
             body={
                 "application/json": {"schema": _ref("PredictRequest")},
-                "text/csv": _text("rows in feature order; a first row naming them is a header"),
-                "application/jsonlines": _text("one row a line"),
+                "text/csv": _rows_text("rows in feature order; a first row naming them: header"),
+                "application/jsonlines": _rows_text("one row a line"),
             },
             parameters=[
                 {
@@ -278,8 +287,13 @@ def _operations_paths() -> dict[str, Any]:
 
 def _operations_schemas() -> dict[str, Any]:
     label = {
-        "inference_id": _t("string", description="the X-Inference-Id of the prediction"),
-        "label": {"description": "the true label, as the model's labels are written"},
+        "inference_id": _t(
+            "string", minLength=1, description="the X-Inference-Id of the prediction"
+        ),
+        "label": {
+            "anyOf": [_t("string", minLength=1), _t("number"), _t("boolean")],
+            "description": "the true label, as the model's labels are written",
+        },
         "row": _t("integer", minimum=0, description="the row of a multi-row request"),
     }
     return {
@@ -342,6 +356,11 @@ def _json_response(description: str, schema: str) -> dict[str, Any]:
 
 def _content(description: str, media: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {media: {"schema": schema}}}
+
+
+def _rows_text(description: str) -> dict[str, Any]:
+    """A text body of rows: at least one, so not blank."""
+    return {"schema": {"type": "string", "pattern": "\\S", "description": description}}
 
 
 def _text(description: str) -> dict[str, Any]:
