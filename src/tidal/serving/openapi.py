@@ -301,8 +301,8 @@ def _operations_schemas() -> dict[str, Any]:
         "FeedbackBody": {
             "oneOf": [
                 _ref("FeedbackLabel"),
-                _object({"labels": _array(_ref("FeedbackLabel"))}, "labels"),
-                _array(_ref("FeedbackLabel")),
+                _object({"labels": _array(_ref("FeedbackLabel"), minItems=1)}, "labels"),
+                _array(_ref("FeedbackLabel"), minItems=1),
             ]
         },
         "FeedbackAccepted": _object({"accepted": _t("integer")}, "accepted"),
