@@ -86,6 +86,7 @@ def main() -> None:
             out["levels"] = {}
             time.sleep(0.5)
             out["levels"]["warm"] = {"pss_mb": _pss_tree(proc.pid)}
+            out["levels"]["warm"]["request_s"] = _timed(client, row)
             _wait_for(proc.pid, lambda w: not _workers(w), args.idle_timeout_s + 10)
             out["levels"]["zero"] = {"pss_mb": _pss_tree(proc.pid)}
             out["levels"]["zero"]["first_request_s"] = _timed(client, row)

@@ -297,7 +297,7 @@ def _operations_schemas() -> dict[str, Any]:
         "row": _t("integer", minimum=0, description="the row of a multi-row request"),
     }
     return {
-        "FeedbackLabel": _object(label, "inference_id label"),
+        "FeedbackLabel": _object(label, "inference_id label", additionalProperties=False),
         "FeedbackBody": {
             "oneOf": [
                 _ref("FeedbackLabel"),
