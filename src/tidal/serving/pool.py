@@ -152,6 +152,8 @@ class Launcher:
                 try:
                     self._ready_control()
                 except (WorkerFailed, OSError) as exc:
+                    if self._stopped:
+                        return  # stop() woke us: not a failure
                     self.error = f"the worker launcher failed while importing its libraries: {exc}"
                     log.error("%s; starting it again in %.0f s", self.error, pause)
                 else:
