@@ -334,9 +334,13 @@ def up(
     server = None
     if serve_endpoint:
         server = BackgroundServer(
-            build_endpoint(ws), ws.config.serving.host, ws.config.serving.port
+            build_endpoint(ws),
+            ws.config.serving.host,
+            ws.config.serving.port,
+            header_timeout_s=ws.config.serving.header_timeout_s,
         )
         server.start()
+        ws.record_endpoint(server.url)  # 'tidal predict' and 'tidal status' find it there
         err.print(f"endpoint on {server.url}", highlight=False)
     err.print(f"watching {ws.store.uri('incoming/')} (Ctrl-C stops)", highlight=False)
     from tidal.rollout.manager import watch
@@ -357,6 +361,7 @@ def up(
         stop.set()
         if server is not None:
             server.stop()
+            ws.forget_endpoint()
 
 
 @app.command()
@@ -372,6 +377,13 @@ def serve(
         help="Serve this model folder instead of a workspace's champion (a SageMaker "
         "container serves /opt/ml/model this way).",
     ),
+    manifest_sha256: str | None = typer.Option(
+        None,
+        "--manifest-sha256",
+        envvar="TIDAL_MANIFEST_SHA256",
+        help="With --model-dir: the sha256 its manifest must have (the registered version's "
+        "tidal.manifest_sha256 tag); a folder whose manifest differs is refused.",
+    ),
 ) -> None:
     """Run the endpoint alone: the champion (following new deployments), or one model folder."""
     from tidal.config import load_config
@@ -384,22 +396,41 @@ def serve(
         serving["port"] = port or int(os.environ["SAGEMAKER_BIND_TO_PORT"])
     overrides = {"serving": serving} if serving else None
     _setup_logging()
+    ws = None
     if model_dir is not None:
         config = load_config(Path.cwd(), overrides=overrides)
-        endpoint = build_folder_endpoint(model_dir, config.serving)
+        endpoint = build_folder_endpoint(model_dir, config.serving, manifest_sha256)
     else:
         from tidal.workspace import Workspace
 
+        if manifest_sha256:
+            raise UsageError("--manifest-sha256 goes with --model-dir")
         ws = Workspace.open(workspace, overrides=overrides)
         config = ws.config
         endpoint = build_endpoint(ws)
+    from tidal.workspace import local_url
+
+    url = local_url(config.serving.host, config.serving.port)
     err.print(f"endpoint on http://{config.serving.host}:{config.serving.port}", highlight=False)
-    run_server(endpoint, config.serving.host, config.serving.port)
+    if ws is not None:
+        ws.record_endpoint(url)  # 'tidal predict' finds this port, whatever the config says
+    try:
+        run_server(
+            endpoint,
+            config.serving.host,
+            config.serving.port,
+            header_timeout_s=config.serving.header_timeout_s,
+        )
+    finally:
+        if ws is not None:
+            ws.forget_endpoint()
 
 
-def build_folder_endpoint(model_dir: Path, serving: Any) -> Any:
-    """The endpoint's app for one model folder, as a SageMaker container serves it."""
+def build_folder_endpoint(model_dir: Path, serving: Any, expected_sha256: str | None = None) -> Any:
+    """The endpoint's app for one model folder, as a SageMaker container serves it; with
+    ``expected_sha256``, only if its manifest has that sha256."""
     from tidal.artifact import MANIFEST
+    from tidal.errors import ModelLoadError
     from tidal.serving.gateway import build_app
     from tidal.serving.runtime import Runtime, deployed_flavors
     from tidal.serving.slot import ModelSlot, SingleVariantRouter
@@ -413,12 +444,28 @@ def build_folder_endpoint(model_dir: Path, serving: Any) -> Any:
             hint="point --model-dir at a folder a Tidal run wrote (.tidal/models/vN in a "
             "workspace), e.g. the model.tar.gz of a Tidal training job extracted",
         )
+    found = sha256_file(folder / MANIFEST)
+    if expected_sha256 is None:
+        err.print(
+            f"[bold yellow]warning:[/] serving {folder} without --manifest-sha256: its files are "
+            "checked against the manifest found there, so whoever can write the folder chooses "
+            "the model; pass --manifest-sha256 (or TIDAL_MANIFEST_SHA256): the registered "
+            "version's tidal.manifest_sha256 tag",
+            highlight=False,
+        )
+    elif expected_sha256.strip().lower() != found:
+        raise ModelLoadError(
+            f"{folder / MANIFEST} has sha256 {found}, not the expected {expected_sha256}; "
+            "refusing to serve it",
+            hint="the folder was changed or holds another model: copy the registered version "
+            "again, or pass that version's tidal.manifest_sha256 tag",
+        )
     fixed = Deployment(
         id=1,
         model=folder.name if folder.name not in ("model", "") else "model",
         version=os.environ.get("TIDAL_MODEL_VERSION", "1"),
         model_dir=str(folder),
-        manifest_sha256=sha256_file(folder / MANIFEST),  # later changes are refused
+        manifest_sha256=found,  # later changes are refused
         reason="served from --model-dir",
         run_id=None,
         rolled_back=False,

@@ -202,6 +202,18 @@ class ServingConfig(_Section):
         10_000, ge=1, description="Labels one feedback key may send per minute; beyond: 429."
     )
     max_payload_mb: float = Field(4.0, gt=0, description="Largest request body (SageMaker: 4 MB).")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send a request's headers within this (slow clients are "
+        "cut off, answered 408).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request's body must arrive within this, else 408; a request counts "
+        "toward max_concurrency only once its body is in.",
+    )
     reload_interval_s: float = Field(
         0.5, gt=0, description="How often the endpoint checks for a new champion."
     )
@@ -224,6 +236,13 @@ class ServingConfig(_Section):
         30.0,
         gt=0,
         description="An extra worker idle this long exits (the last one waits for idle_timeout_s).",
+    )
+    launcher_idle_s: float | None = Field(
+        None,
+        gt=0,
+        description="With no worker for this long, the worker launcher exits too (~270 MB "
+        "freed); the next request then pays the library import (~0.5-3 s for scikit-learn). "
+        "Empty: the launcher stays (a cold start pays for the model load only).",
     )
     memory_mb: int = Field(
         2048,

@@ -14,6 +14,8 @@ Components are built on first use so a command pays only for what it touches.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from tidal.config import CONFIG_FILE, Config, load_config
 from tidal.errors import UsageError
+
+ENDPOINT_FILE = "endpoint.json"  # in .tidal/: the URL and pid of the running endpoint
 
 if TYPE_CHECKING:
     from tidal.registry import Registry
@@ -73,10 +77,34 @@ class Workspace:
 
     @property
     def endpoint_url(self) -> str:
-        host = self.config.serving.host
-        return (
-            f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.config.serving.port}"
+        """The running endpoint's URL as it recorded it ('tidal serve --port N' included), else
+        the configured one (serving.host and serving.port)."""
+        return self.running_endpoint() or local_url(
+            self.config.serving.host, self.config.serving.port
         )
+
+    def record_endpoint(self, url: str) -> Path:
+        """Record that this process serves the workspace at ``url`` (until ``forget``)."""
+        record = self.home / ENDPOINT_FILE
+        self.home.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"url": url, "pid": os.getpid()}), "utf-8")
+        return record
+
+    def forget_endpoint(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            record = self.home / ENDPOINT_FILE
+            if json.loads(record.read_text("utf-8")).get("pid") == os.getpid():
+                record.unlink()
+
+    def running_endpoint(self) -> str | None:
+        """The URL a live endpoint process recorded, or None (none, or its process is gone)."""
+        try:
+            data = json.loads((self.home / ENDPOINT_FILE).read_text("utf-8"))
+            os.kill(int(data["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        url = data.get("url")
+        return url if isinstance(url, str) else None
 
     # -- components ---------------------------------------------------------------------------
 
@@ -112,3 +140,8 @@ class Workspace:
         from tidal.training.executors.local import LocalExecutor
 
         return LocalExecutor(self.store, self.path("jobs"))
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses for an endpoint bound to host:port."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"

@@ -319,3 +319,69 @@ def test_workers_are_added_under_load_and_removed_when_idle(endpoint: Endpoint) 
     while len(endpoint.workers()) > 1:  # the extra one leaves after worker_idle_s
         assert time.monotonic() < deadline, "the extra worker never left"
         time.sleep(0.05)
+
+
+SLOW_IMPORTS = """
+import sys, time
+
+
+class SlowArtifact:  # the launcher's first import of tidal.artifact (its preload) takes 2 s
+    def find_spec(self, name, path=None, target=None):
+        if name == "tidal.artifact" and "tidal.serving.launcher" in sys.orig_argv:
+            sys.meta_path.remove(self)
+            time.sleep(2)
+        return None
+
+
+sys.meta_path.insert(0, SlowArtifact())
+"""
+
+
+def test_ping_is_ready_only_once_a_request_pays_for_the_model_load_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_IMPORTS)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    config = ServingConfig(reload_interval_s=0.1)
+    state = State(tmp_path / "state.db")
+    model = tmp_path / "models" / "1"
+    state.deploy("toy", "1", str(model), write_model(model), reason="test")
+    runtime = Runtime(config, flavors=["python"])
+    slot = ModelSlot(lambda: state.current_deployment("toy"), runtime.loader())
+    app = build_app(config, SingleVariantRouter(slot), runtime)
+    with (
+        BackgroundServer(app, "127.0.0.1", 0) as server,
+        httpx.Client(base_url=server.url, timeout=30) as http,
+    ):
+        early = http.get("/ping")
+        assert early.status_code == 503, "ready while the launcher still imports"
+        assert "importing" in early.json()["status"] and early.headers["Retry-After"] == "1"
+        deadline = time.monotonic() + 30
+        while http.get("/ping").status_code != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.01)
+        started = time.perf_counter()
+        first = http.post("/invocations", json={"instances": [{"x": 1}]})
+        assert first.status_code == 200, first.text
+        assert time.perf_counter() - started < 1.5  # the 2 s of imports were paid before
+
+
+@pytest.mark.parametrize(
+    "endpoint", [{"launcher_idle_s": 0.5, "idle_timeout_s": 0.5}], indirect=True
+)
+def test_an_idle_launcher_exits_and_the_next_request_starts_it_again(endpoint: Endpoint) -> None:
+    assert endpoint.predict(5).status_code == 200
+    first = endpoint.runtime.launcher.pid
+    assert first is not None
+    deadline = time.monotonic() + 10
+    while endpoint.status()["launcher_pid"] is not None:  # no worker for 0.5 s: it exits
+        assert time.monotonic() < deadline, f"the launcher stayed: {endpoint.status()}"
+        time.sleep(0.05)
+    assert gone([first], within_s=5)
+    assert endpoint.status()["launcher_retired"] == 1
+    assert endpoint.http.get("/ping").status_code == 200  # still able to answer, only slower
+    again = endpoint.predict(-1)
+    assert again.status_code == 200 and again.json()["predictions"][0]["label"] == "small"
+    assert endpoint.runtime.launcher.pid not in (None, first)

@@ -366,3 +366,25 @@ def test_text_list_of_values_of_the_wrong_length() -> None:
         InvalidInput, match="row 0: 2 values given, the model takes 1 feature: text"
     ):
         decode_json(body([["a", "b"]]), TEXT)
+
+
+@pytest.mark.parametrize("depth", [255, 960, 1000, 1021, 1023])
+def test_json_nested_past_max_depth_is_malformed_not_a_crash(depth: int) -> None:
+    from tidal.serving.inputs import MAX_DEPTH, parse_json
+
+    assert depth > MAX_DEPTH
+    body = ("[" * depth + "]" * depth).encode()
+    with pytest.raises(MalformedPayload, match=r"levels deep|not valid JSON"):
+        decode_json(
+            b'{"x": ' + body + b', "y": 1}', [Feature("x", "number"), Feature("y", "number")]
+        )
+    assert parse_json(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH) is not None  # the limit itself: fine
+
+
+def test_the_depth_walk_needs_no_recursion() -> None:
+    from tidal.serving.inputs import _depth
+
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep, 1]
+    assert _depth(deep) > 254 and _depth([{"a": [1]}, 2]) == 3

@@ -56,6 +56,10 @@ ROUTES = {
     ("/v2/models/{model_name}/versions/{model_version}/ready", "get"),
     ("/v2/models/{model_name}/versions/{model_version}/infer", "post"),
     ("/admin/reload", "post"),
+    ("/admin/workers", "get"),
+    ("/admin/rollout", "get"),
+    ("/admin/rollout/{action}", "post"),
+    ("/feedback", "post"),
 }
 
 
@@ -96,6 +100,45 @@ def test_every_route_is_described() -> None:
     assert len(ids) == len(set(ids)) == len(ROUTES)
 
 
+def test_the_served_document_lists_only_the_apps_operations() -> None:
+    served = {("/ping", "get"), ("/ping", "head"), ("/feedback", "post"), ("/model", "get")}
+    served.add(("/v2/models/{name}/infer", "post"))  # the app's own parameter names
+    document = openapi_schema(HOUSES, version="1", served=served)
+    described = {(p, m) for p, item in document["paths"].items() for m in item if m != "parameters"}
+    assert described == {
+        ("/ping", "get"),
+        ("/feedback", "post"),
+        ("/model", "get"),
+        ("/v2/models/{model_name}/infer", "post"),
+    }
+    assert document["paths"]["/v2/models/{model_name}/infer"]["parameters"]  # kept with it
+
+
+def test_the_model_and_operations_answers_fit_their_schemas() -> None:
+    document = openapi_schema(HOUSES, version="1")
+    model = {  # what GET /model answers (deployment_id is the record's integer id)
+        "model": "houses",
+        "version": "3",
+        "deployment_id": 7,
+        "deployed_at": "2026-01-01T00:00:00+00:00",
+        "flavor": "sklearn",
+        "task": "tabular",
+        "features": [{"name": "size", "type": "number"}],
+        "labels": ["cheap", "pricey"],
+        "label_column": "price",
+    }
+    assert conforms(document, "ModelInfo", model)
+    assert not conforms(document, "ModelInfo", {**model, "deployment_id": "7"})
+    label = {"inference_id": "ab12", "label": "pricey", "row": 0}
+    for body in (label, {"labels": [label]}, [label]):
+        assert conforms(document, "FeedbackBody", body), body
+    assert conforms(document, "FeedbackAccepted", {"accepted": 1})
+    # (Draft 4 does not read OpenAPI's ``nullable``: schemathesis, which does, checks the nulls)
+    workers = {"launcher_pid": 4242, "launcher_retired": 1, "in_flight": 0, "variants": []}
+    assert conforms(document, "Workers", workers)
+    assert conforms(document, "RolloutAnswer", {"rollout": {"id": 1, "phase": "baking"}})
+
+
 def test_admin_needs_a_bearer_key_and_predict_routes_may_take_one() -> None:
     document = openapi_schema(None, version="1")
     assert document["components"]["securitySchemes"]["bearer"] == {
@@ -104,7 +147,13 @@ def test_admin_needs_a_bearer_key_and_predict_routes_may_take_one() -> None:
         "description": document["components"]["securitySchemes"]["bearer"]["description"],
     }
     paths = document["paths"]
-    assert paths["/admin/reload"]["post"]["security"] == [{"bearer": []}]
+    for path, method in [
+        ("/admin/reload", "post"),
+        ("/admin/workers", "get"),
+        ("/admin/rollout", "get"),
+        ("/admin/rollout/{action}", "post"),
+    ]:
+        assert paths[path][method]["security"] == [{"bearer": []}]
     assert paths["/invocations"]["post"]["security"] == [{}, {"bearer": []}]
     assert "security" not in paths["/ping"]["get"]
 
@@ -116,7 +165,7 @@ def test_invocations_reads_three_formats_and_documents_its_errors() -> None:
         "text/csv",
         "application/jsonlines",
     }
-    assert {"200", "400", "401", "406", "413", "415", "422", "429", "500", "503"} == set(
+    assert {"200", "400", "401", "406", "408", "413", "415", "422", "429", "500", "503"} == set(
         operation["responses"]
     )
 

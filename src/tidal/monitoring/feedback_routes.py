@@ -18,7 +18,6 @@ key may send ``serving.feedback_rate_per_min`` labels a minute (a token bucket p
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -222,11 +221,12 @@ def _too_large(size: int) -> Exception:
 def _items(raw: bytes) -> list[Any]:
     """The labels of a body: one label object, ``{"labels": [...]}``, or a list."""
     from tidal.serving.gateway import Problem
+    from tidal.serving.inputs import MalformedPayload, parse_json
 
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise Problem(400, "malformed_json", f"the body is not JSON: {exc}; {SHAPE}") from exc
+        data = parse_json(raw, "the body")
+    except MalformedPayload as exc:
+        raise Problem(400, "malformed_json", f"{exc}; {SHAPE}") from exc
     if isinstance(data, list):
         return data
     if isinstance(data, dict):

@@ -74,15 +74,14 @@ def rollout_routes(ws: Workspace, authorize: Callable[[Request], None]) -> list[
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    import json
-
     from tidal.serving.gateway import Problem
+    from tidal.serving.inputs import MalformedPayload, parse_json
 
     raw = await request.body()
     try:
-        data = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise Problem(400, "malformed_json", f"the body is not JSON: {exc}") from exc
+        data = parse_json(raw or b"{}", "the body")
+    except MalformedPayload as exc:
+        raise Problem(400, "malformed_json", str(exc)) from exc
     if not isinstance(data, dict):
         raise Problem(400, "malformed_json", "the body must be a JSON object")
     return data

@@ -2,7 +2,8 @@
 JSON route, metrics and admin routes, all on one port.
 
     GET  /ping            200 {"status": "ready", "model_version": "3"} once a model is
-                          deployed (its workers may be at zero: a request starts one), 503 before
+                          deployed and the worker launcher has imported its libraries (workers
+                          may be at zero: a request starts one), 503 with the reason before
     POST /invocations     body application/json | text/csv | application/jsonlines (also
                           application/x-jsonlines); answer by Accept: application/json (default,
                           also for */*), text/csv (one label per line), application/jsonlines
@@ -20,8 +21,9 @@ A prediction answer is ``{"predictions": [{"label", "score", "probabilities"}], 
 "inference_id"}``; the same id is in the ``X-Inference-Id`` header of every answer of a
 prediction route, errors included. Every error is JSON, ``{"error": {"code", "message"}}``, with
 an ``id`` for a 500 whose traceback is in the log under that id: 400 unreadable body, 401/403
-keys, 404/405, 406 Accept, 413 too large, 415 Content-Type, 422 rows that do not fit the model,
-429 over ``max_concurrency`` (with Retry-After), 503 no model yet or a model that cannot start,
+keys, 404/405, 406 Accept, 408 a body slower than ``body_timeout_s``, 413 too large, 415
+Content-Type, 422 rows that do not fit the model, 429 over ``max_concurrency`` (with
+Retry-After; a request counts once its body is in), 503 no model yet or a model that cannot start,
 500 the model raised (its worker stays up).
 
 The gateway never runs a model: rows go to the variant's backend (``tidal.serving.pool``, worker
@@ -207,6 +209,9 @@ class Gateway:
         loaded = slot.loaded
         if loaded is None or not all(s.ready for s in self.router.slots()):
             return _json({"status": "no model deployed yet"}, 503)
+        unready = self.runtime.unready() if self.runtime else None
+        if unready is not None:  # a request now would wait for the imports, not a model load
+            return _json({"status": unready}, 503, {"Retry-After": "1"})
         return _json({"status": "ready", "model_version": loaded.deployment.version})
 
     async def invocations(self, request: Request) -> Response:
@@ -257,14 +262,17 @@ class Gateway:
         inference_id = new_inference_id()
         started = time.perf_counter()
         labels = ("", "", "")
-        if self.in_flight >= self.config.max_concurrency:
-            return self._overloaded(request, inference_id, route)
-        self.in_flight += 1
+        counted = False
         try:
             if self.config.require_key_for_predict:
                 self._authorize(request)
             loaded = (loaded_for or self._loaded)(request)
-            body = await self._body(request)
+            body = await self._timed_body(request)
+            # counted once its body is in: slow senders cannot hold every slot (slowloris)
+            if self.in_flight >= self.config.max_concurrency:
+                return self._overloaded(request, inference_id, route)
+            self.in_flight += 1
+            counted = True
             deployment = loaded.deployment
             labels = (deployment.model, deployment.version, loaded.variant)
             rows, context = parse(body, loaded)
@@ -279,7 +287,8 @@ class Gateway:
                 self._variant_stats(labels[2], response.status_code, seconds, None)
             return response
         finally:
-            self.in_flight -= 1
+            if counted:
+                self.in_flight -= 1
         seconds = self._observe(labels, route, 200, started)
         if self._variant_stats is not None:
             self._variant_stats(labels[2], 200, seconds, predictions)
@@ -415,7 +424,13 @@ class Gateway:
 
         loaded = self.router.pick(request.headers).loaded
         manifest = loaded.backend.manifest if loaded else None
-        return _json(openapi_schema(manifest, version=_tidal_version()))
+        served = {
+            (route.path, method.lower())
+            for route in request.app.routes
+            if isinstance(route, Route)
+            for method in route.methods or ()
+        }
+        return _json(openapi_schema(manifest, version=_tidal_version(), served=served))
 
     # -- admin --------------------------------------------------------------------------------
 
@@ -428,7 +443,15 @@ class Gateway:
                 continue
             variants.append({"model": loaded.deployment.model, **loaded.backend.status()})
         launcher = self.runtime.launcher.pid if self.runtime else None
-        return _json({"launcher_pid": launcher, "in_flight": self.in_flight, "variants": variants})
+        retired = self.runtime.launcher.retired if self.runtime else 0
+        return _json(
+            {
+                "launcher_pid": launcher,
+                "launcher_retired": retired,
+                "in_flight": self.in_flight,
+                "variants": variants,
+            }
+        )
 
     async def reload(self, request: Request) -> Response:
         self._authorize(request)
@@ -478,6 +501,20 @@ class Gateway:
                 "(curl: -H 'Content-Type: application/json')",
             )
         return decode
+
+    async def _timed_body(self, request: Request) -> bytes:
+        timeout = self.config.body_timeout_s
+        try:
+            async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
+                return await self._body(request)
+        except TimeoutError:
+            raise Problem(
+                408,
+                "request_timeout",
+                f"the request body did not arrive within serving.body_timeout_s = {timeout:g} s; "
+                "send it at once (and fewer rows per request on a slow link)",
+                headers={"Connection": "close"},
+            ) from None
 
     async def _body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length")

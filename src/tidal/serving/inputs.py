@@ -44,7 +44,8 @@ from tidal.errors import InvalidInput, ModelLoadError
 try:  # orjson is optional: about 3x faster on small bodies when installed
     import orjson
 
-    _loads: Callable[[bytes], Any] = orjson.loads
+    _loads: Callable[[bytes | str], Any] = orjson.loads
+    _dumps: Callable[[Any], bytes] | None = orjson.dumps
     _JSON_ERRORS: tuple[type[Exception], ...] = (
         orjson.JSONDecodeError,
         UnicodeDecodeError,
@@ -52,6 +53,7 @@ try:  # orjson is optional: about 3x faster on small bodies when installed
     )
 except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
+    _dumps = None
     _JSON_ERRORS = (json.JSONDecodeError, UnicodeDecodeError, RecursionError)
 
 Row = dict[str, Any]
@@ -279,11 +281,57 @@ class _Plan:
 # -- JSON -----------------------------------------------------------------------------------
 
 
-def _parse_json(body: bytes, what: str) -> Any:
+MAX_DEPTH = 254  # orjson's encoder limit; a row is 3-4 levels deep, a tensor a few more
+
+
+def parse_json(body: bytes | str, what: str = "request body") -> Any:
+    """A JSON body, at most ``MAX_DEPTH`` arrays and objects deep; MalformedPayload if not.
+
+    The parser takes up to 1,024 levels but Python's own recursion (repr, encoders) stops near
+    1,000: a body in between would fail later, in any code that walks it, as a 500. Every JSON
+    route parses through here."""
     try:
-        return _loads(body)
+        data = _loads(body)
     except _JSON_ERRORS as exc:
         raise MalformedPayload(f"{what} is not valid JSON: {exc}") from None
+    raw = body.encode() if isinstance(body, str) else body
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(data):
+        raise MalformedPayload(
+            f"{what} nests arrays and objects more than {MAX_DEPTH} levels deep; "
+            "rows are objects of values (or lists of values) inside one list"
+        )
+    return data
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether ``data`` nests more than ``MAX_DEPTH`` containers: orjson's encoder stops there,
+    in C, ~20x faster than walking the rows in Python (1 ms for 1,000 rows of 30 features)."""
+    if _dumps is None:
+        return _depth(data) > MAX_DEPTH
+    try:
+        _dumps(data)
+    except TypeError:  # orjson.JSONEncodeError: its recursion limit, past MAX_DEPTH
+        return True
+    return False
+
+
+def _depth(data: Any) -> int:
+    """How many containers deep ``data`` goes, stopping once past ``MAX_DEPTH`` (no recursion:
+    the point is to survive what recursion does not)."""
+    deepest = 0
+    stack = [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        kind = type(value)
+        if kind is not list and kind is not dict:
+            continue
+        if level > deepest:
+            deepest = level
+            if deepest > MAX_DEPTH:
+                return deepest
+        children = value.values() if kind is dict else value
+        stack.extend((child, level + 1) for child in children if type(child) in (list, dict))
+    return deepest
 
 
 def _no_rows() -> InvalidInput:
@@ -296,7 +344,7 @@ def _no_rows() -> InvalidInput:
 def decode_json(body: bytes, features: list[Feature]) -> list[Row]:
     """Rows from a JSON body: an envelope, one object, or a list of rows."""
     plan = _Plan(features, text=False)
-    data = _parse_json(body, "request body")
+    data = parse_json(body, "request body")
     if type(data) is dict:
         data = _unwrap(plan, data)
     if type(data) is dict:
@@ -343,7 +391,7 @@ def decode_jsonlines(body: bytes, features: list[Feature]) -> list[Row]:
     for number, line in enumerate(body.splitlines(), start=1):
         if not line.strip():
             continue
-        raw = _parse_json(line, f"line {number}")
+        raw = parse_json(line, f"line {number}")
         rows.append(plan.from_any(f"row {len(rows)} (line {number})", raw))
     if not rows:
         raise _no_rows()

@@ -14,7 +14,8 @@ Control channel (a SOCK_SEQPACKET socketpair, so each message is one packet):
                          {"preloaded": true|false} per preload
 A worker exits when its socket closes; the launcher exits when the control channel closes.
 Neither reacts to Ctrl-C: the gateway, which does, closes their sockets. Exited workers are
-reaped by the kernel (SIGCHLD ignored).
+reaped by the kernel (SIGCHLD ignored). When the gateway's process dies, even by kill -9, the
+launcher exits at once (a parent death signal, ``tidal.lifeline``), imports or not.
 
 Worker spec: model_dir, manifest_sha256, trusted (file stamps the gateway hashed), memory_mb,
 threads, name (shown as the process name).
@@ -35,6 +36,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tidal.lifeline import PARENT_ENV, follow_parent
 from tidal.serving import protocol
 
 log = logging.getLogger("tidal.serving.worker")
@@ -45,6 +47,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited workers
     _name("tidal-launcher")
+    parent = os.environ.pop(PARENT_ENV, "")
+    if parent.isdigit():
+        follow_parent(int(parent))  # a kill -9 of the gateway does not leave us running
     control = socket.socket(fileno=int(sys.argv[1]))
     preloaded = [flavor for flavor in sys.argv[2:] if _preload(flavor)]
     control.send(protocol.dumps({"launcher": "ready", "pid": os.getpid(), "flavors": preloaded}))

@@ -42,7 +42,7 @@ from typing import Any
 
 from tidal.artifact import Feature, Manifest
 from tidal.errors import InvalidInput, ModelLoadError
-from tidal.serving.inputs import _COERCE, MalformedPayload, Row, _Bad, _names, _parse_json, _show
+from tidal.serving.inputs import _COERCE, MalformedPayload, Row, _Bad, _names, _show, parse_json
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 OUTPUTS = ("label", "score", "probabilities")
@@ -164,7 +164,7 @@ def decode_infer(
             )
         body, blob = body[:cut], memoryview(body)[cut:]
     try:
-        data = _parse_json(body, "request body")
+        data = parse_json(body, "request body")
     except MalformedPayload:
         if b'"binary_data_size"' in body:
             raise _binary("binary tensor data after the JSON") from None

@@ -15,6 +15,7 @@ for integers), as ``tidal.serving.inputs`` documents. ``null`` is a missing valu
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tidal.artifact import Feature, Manifest
@@ -28,6 +29,8 @@ _ERRORS = {
     403: ("Forbidden", "the endpoint has no API keys configured, so admin routes are closed"),
     404: ("NotFound", "no such model"),
     406: ("NotAcceptable", "the Accept header names no format the endpoint answers in"),
+    408: ("RequestTimeout", "the body did not arrive within serving.body_timeout_s"),
+    409: ("Conflict", "the action does not apply now (no rollout running, or one already is)"),
     413: ("PayloadTooLarge", "the body is larger than serving.max_payload_mb"),
     415: ("UnsupportedMediaType", "the Content-Type is not one the route reads"),
     422: ("InvalidInput", "the body was read but its rows do not fit the model's features"),
@@ -35,15 +38,31 @@ _ERRORS = {
     500: ("InternalError", "the model or the endpoint failed; the log has the error id"),
     503: ("Unavailable", "no model is deployed (yet)"),
 }
-_PREDICTION_ERRORS = (400, 401, 413, 415, 422, 429, 500, 503)
+_PREDICTION_ERRORS = (400, 401, 408, 413, 415, 422, 429, 500, 503)
+_ADMIN_ERRORS = (401, 403)
 _ANSWERS = ("application/json", "text/csv", "application/jsonlines")
 _TAGS = {"/invocations": "prediction", "/predict": "prediction", "/model": "prediction"}
 
 
 def openapi_schema(
-    manifest: Manifest | None, *, title: str = "Tidal endpoint", version: str
+    manifest: Manifest | None,
+    *,
+    title: str = "Tidal endpoint",
+    version: str,
+    served: set[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.0 document of the endpoint, for ``manifest``'s model when given."""
+    """The OpenAPI 3.0 document of the endpoint, for ``manifest``'s model when given; with
+    ``served`` ((path, lower-case method) pairs), only the operations the app has."""
+    paths = _paths()
+    if served is not None:
+        served = {(_shape(path), method) for path, method in served}
+        kept = {}
+        for path, item in paths.items():
+            operations = {m: op for m, op in item.items() if (_shape(path), m) in served}
+            if operations:
+                shared = {"parameters": item["parameters"]} if "parameters" in item else {}
+                kept[path] = {**shared, **operations}
+        paths = kept
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -56,7 +75,7 @@ def openapi_schema(
             {"name": "v2", "description": "Open Inference Protocol v2 (KServe, Triton)"},
             {"name": "operations", "description": "health, metrics, schema, admin"},
         ],
-        "paths": _paths(),
+        "paths": paths,
         "components": {
             "schemas": _schemas(manifest),
             "responses": {
@@ -81,6 +100,11 @@ def openapi_schema(
             },
         },
     }
+
+
+def _shape(path: str) -> str:
+    """A route's path with its parameters unnamed: /v2/models/{name} → /v2/models/{}."""
+    return re.sub(r"\{[^}]*\}", "{}", path)
 
 
 def _description(manifest: Manifest | None) -> str:
@@ -136,8 +160,8 @@ def _paths() -> dict[str, Any]:
             {"200": _predictions_response(csv=True), **_errors(*_PREDICTION_ERRORS, 406)},
             body={
                 "application/json": {"schema": _ref("PredictRequest")},
-                "text/csv": _text("rows in feature order; a first row naming them is a header"),
-                "application/jsonlines": _text("one row a line"),
+                "text/csv": _rows_text("rows in feature order; a first row naming them: header"),
+                "application/jsonlines": _rows_text("one row a line"),
             },
             parameters=[
                 {
@@ -204,12 +228,108 @@ def _paths() -> dict[str, Any]:
             security=[{"bearer": []}],
         )
     }
+    paths.update(_operations_paths())
     for path, item in paths.items():
         tag = "v2" if path.startswith("/v2") else _TAGS.get(path, "operations")
         for key, operation in item.items():
             if key != "parameters":
                 operation["tags"] = [tag]
     return paths
+
+
+def _operations_paths() -> dict[str, Any]:
+    """/feedback and the admin routes beside /admin/reload (served by a workspace's endpoint)."""
+    action = {
+        "name": "action",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": ["start", "pause", "resume", "abort", "promote"]},
+    }
+    rollout = _json_response("the rollout (null: none yet)", "RolloutAnswer")
+    return {
+        "/feedback": {
+            "post": _op(
+                "feedback",
+                "Late true labels for earlier predictions, by inference id",
+                {
+                    "202": _json_response("the labels were stored", "FeedbackAccepted"),
+                    **_errors(400, 401, 403, 413, 422, 503),
+                },
+                body={"application/json": {"schema": _ref("FeedbackBody")}},
+            )
+        },
+        "/admin/workers": {
+            "get": _op(
+                "adminWorkers",
+                "Each variant's workers, queue and cold starts; the launcher",
+                {"200": _json_response("the workers", "Workers"), **_errors(*_ADMIN_ERRORS)},
+                security=[{"bearer": []}],
+            )
+        },
+        "/admin/rollout": {
+            "get": _op(
+                "adminRollout",
+                "The running rollout, or the last one",
+                {"200": rollout, **_errors(*_ADMIN_ERRORS)},
+                security=[{"bearer": []}],
+            )
+        },
+        "/admin/rollout/{action}": {
+            "post": {
+                **_op(
+                    "adminRolloutAction",
+                    "Start a rollout ({'version': 'N', 'strategy': ...}), or pause, resume, "
+                    "abort or promote the running one",
+                    {"200": rollout, **_errors(*_ADMIN_ERRORS, 404, 409, 422)},
+                    parameters=[action],
+                    security=[{"bearer": []}],
+                ),
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("RolloutStart")}},
+                },
+            }
+        },
+    }
+
+
+def _operations_schemas() -> dict[str, Any]:
+    label = {
+        "inference_id": _t(
+            "string", minLength=1, description="the X-Inference-Id of the prediction"
+        ),
+        "label": {
+            "anyOf": [_t("string", minLength=1), _t("number"), _t("boolean")],
+            "description": "the true label, as the model's labels are written",
+        },
+        "row": _t("integer", minimum=0, description="the row of a multi-row request"),
+    }
+    return {
+        "FeedbackLabel": _object(label, "inference_id label", additionalProperties=False),
+        "FeedbackBody": {
+            "oneOf": [
+                _ref("FeedbackLabel"),
+                _object({"labels": _array(_ref("FeedbackLabel"), minItems=1)}, "labels"),
+                _array(_ref("FeedbackLabel"), minItems=1),
+            ]
+        },
+        "FeedbackAccepted": _object({"accepted": _t("integer")}, "accepted"),
+        "Workers": _object(
+            {
+                "launcher_pid": _t("integer", nullable=True),
+                "launcher_retired": _t("integer"),
+                "in_flight": _t("integer"),
+                "variants": _array(_t("object")),
+            },
+            "launcher_pid in_flight variants",
+        ),
+        "RolloutAnswer": _object({"rollout": _t("object", nullable=True)}, "rollout"),
+        "RolloutStart": _object(
+            {"version": _t("string"), "strategy": _t("string")},
+            "",
+            description="start only: the version, a strategy and any rollout.* setting",
+        ),
+    }
 
 
 def _op(
@@ -244,6 +364,11 @@ def _json_response(description: str, schema: str) -> dict[str, Any]:
 
 def _content(description: str, media: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {media: {"schema": schema}}}
+
+
+def _rows_text(description: str) -> dict[str, Any]:
+    """A text body of rows: at least one, so not blank."""
+    return {"schema": {"type": "string", "pattern": "\\S", "description": description}}
 
 
 def _text(description: str) -> dict[str, Any]:
@@ -309,6 +434,7 @@ def _schemas(manifest: Manifest | None) -> dict[str, Any]:
     return {
         **_prediction_schemas(manifest),
         **_v2_schemas(manifest),
+        **_operations_schemas(),
         "Error": _object({"error": _ref("ErrorDetail"), "inference_id": _t("string")}, "error"),
         "ErrorDetail": _object(
             {
@@ -445,7 +571,7 @@ def _prediction_schemas(manifest: Manifest | None) -> dict[str, Any]:
             {
                 "model": _t("string"),
                 "version": _t("string"),
-                "deployment_id": _t("string"),
+                "deployment_id": _t("integer"),
                 "deployed_at": _t("string", format="date-time"),
                 "flavor": _t("string"),
                 "task": _t("string"),

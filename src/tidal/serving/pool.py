@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tidal.errors import InvalidInput, TidalError
+from tidal.lifeline import PARENT_ENV
 from tidal.serving import protocol
 from tidal.serving.launcher import private_mb
 
@@ -85,7 +86,12 @@ class WorkerFailed(Exception):
 
 
 class Launcher:
-    """Starts and talks to the launcher process; ``spawn`` forks a worker from it (blocking)."""
+    """Starts and talks to the launcher process; ``spawn`` forks a worker from it (blocking).
+
+    ``start`` returns at once; a thread waits for the launcher's imports, and ``ready`` turns
+    true when they are done (``/ping`` says 503 until then: a request would wait for them).
+    ``retire`` stops an idle launcher to free its memory (``serving.launcher_idle_s``); the
+    next ``spawn`` or ``preload`` starts it again and waits for its imports."""
 
     def __init__(self, flavors: list[str] | None = None) -> None:
         self.flavors = list(flavors or [])
@@ -93,20 +99,32 @@ class Launcher:
         self._proc: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._ready = False
+        self._stopped = False
+        self.ready = False  # the first launcher finished importing; stays true after a retire
+        self.error: str | None = None  # why the first launcher is not ready, when it failed
+        self.last_spawn = 0.0
+        self.retired = 0  # launchers stopped for being idle
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def start(self) -> None:
-        """Start the launcher process; it imports in the background (``spawn`` waits for it)."""
+        """Start the launcher process; it imports in the background (``ready`` says when done)."""
         with self._lock:
+            self._stopped = False
             self._start_locked()
+        threading.Thread(target=self._await_ready, name="tidal-launcher-ready", daemon=True).start()
 
     def _start_locked(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env[PARENT_ENV] = str(os.getpid())
         try:
             self._proc = subprocess.Popen(
                 [
@@ -124,6 +142,25 @@ class Launcher:
             theirs.close()
         self._control = ours
         self._ready = False
+
+    def _await_ready(self) -> None:
+        pause = START_RETRY_FIRST_S
+        while not self.ready:
+            with self._lock:
+                if self._stopped:
+                    return
+                try:
+                    self._ready_control()
+                except (WorkerFailed, OSError) as exc:
+                    if self._stopped:
+                        return  # stop() woke us: not a failure
+                    self.error = f"the worker launcher failed while importing its libraries: {exc}"
+                    log.error("%s; starting it again in %.0f s", self.error, pause)
+                else:
+                    self.ready, self.error = True, None
+                    return
+            time.sleep(pause)
+            pause = min(pause * 2, START_RETRY_MAX_S)
 
     def preload(self, flavor: str) -> None:
         """Have the launcher import ``flavor``'s libraries now (a new flavor was deployed), so
@@ -154,11 +191,13 @@ class Launcher:
             if not hello:
                 raise WorkerFailed("the worker launcher exited while importing its libraries")
             self._ready = True
+            self.ready = True
         return control
 
     def spawn(self, spec: dict[str, Any]) -> tuple[int, socket.socket]:
         """Fork a worker for ``spec``; its pid and the gateway's end of its socket."""
         with self._lock:
+            self.last_spawn = time.monotonic()
             control = self._ready_control()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -181,21 +220,44 @@ class Launcher:
                 raise WorkerFailed(f"the worker launcher refused: {answer.get('error')}")
             return int(answer["pid"]), ours
 
+    def retire(self, idle_since: float) -> bool:
+        """Stop the launcher if no worker was spawned since ``idle_since`` (monotonic time);
+        True when it stopped. Running workers are not affected (they talk to the gateway)."""
+        with self._lock:
+            if self.last_spawn > idle_since or not self.running:
+                return False
+            self._close_control()
+            proc, self._proc = self._proc, None
+            self.retired += 1
+        _wait_or_kill(proc)
+        return True
+
     def stop(self) -> None:
+        self._stopped = True
+        control = self._control
+        if control is not None:  # wakes a thread waiting (lock held) for the launcher's hello
+            with contextlib.suppress(OSError):
+                control.shutdown(socket.SHUT_RDWR)
         with self._lock:
             self._close_control()
             proc, self._proc = self._proc, None
-        if proc is not None:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        _wait_or_kill(proc)
 
     def _close_control(self) -> None:
         if self._control is not None:
             self._control.close()
             self._control = None
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes] | None) -> None:
+    """Wait for a launcher whose control channel was closed to exit (it does at once)."""
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
 
 
 # -- workers and pools ------------------------------------------------------------------------
@@ -304,6 +366,7 @@ class Pool:
             return await item.future
         finally:
             self.in_flight -= 1
+            self.last_request = self.clock()  # idle counts from the last answer, not the ask
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         if self._janitor is None:

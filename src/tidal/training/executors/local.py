@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tidal.errors import EXIT_RETRY
+from tidal.lifeline import job_preexec
 from tidal.storage import Store
 from tidal.training import checkpoints
 from tidal.training.executors.base import Executor, JobHandle, JobResult, JobSpec, JobStatus
@@ -134,6 +135,7 @@ class LocalExecutor(Executor):
             text=True,
             bufsize=1,
             start_new_session=True,  # Ctrl-C in the terminal reaches us, not the job
+            preexec_fn=job_preexec(),  # killed with us, even by kill -9: no orphan
         )
         (root / "job.pid").write_text(str(proc.pid))
         lines: queue.Queue[object] = queue.Queue()
