@@ -62,7 +62,7 @@ def read_table(data: bytes, name: str) -> pd.DataFrame:
             f"allowed: {', '.join(EXTENSIONS)}",
             hint="save the file as CSV (.csv) or JSON Lines (.jsonl)",
         )
-    if not data.strip():
+    if not data or data.isspace():  # not data.strip(): no copy of a large file
         raise DataRejected(f"{name} is empty", hint="send a file with a header and rows")
     if suffix in CSV_SEPARATORS:
         frame = _read_csv(_utf8(data, name), name, CSV_SEPARATORS[suffix])
