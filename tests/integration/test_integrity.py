@@ -131,7 +131,7 @@ def test_a_store_away_for_a_while_delays_the_run_and_it_resumes(tmp_path: Path) 
 def test_rejected_files_keep_their_own_reasons_and_names_run_or_are_refused(
     tmp_path: Path,
 ) -> None:
-    ws = workspace(tmp_path, validation={"max_file_mb": 0.05})
+    ws = workspace(tmp_path)
     store = store_dir(ws)
     for i, folder in enumerate(("one", "two")):
         (tmp_path / folder).mkdir()
@@ -158,12 +158,18 @@ def test_rejected_files_keep_their_own_reasons_and_names_run_or_are_refused(
     with pytest.raises(UsageError, match="never run"):
         Controller(ws).ingest(tmp_path / "_draft.csv")
 
-    # too large: refused unread by ingest; quarantined with the reason when landed directly
+
+def test_a_file_above_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, validation={"max_file_mb": 0.05})
+    store = store_dir(ws)
+    # refused by ingest before it is copied; quarantined with the reason when landed directly
     big = tmp_path / "big.csv"
     big.write_text("a,b,label\n" + "1,2,x\n" * 20_000)
     with pytest.raises(DataRejected, match=r"validation\.max_file_mb"):
         Controller(ws).ingest(big)
+    (store / "incoming").mkdir(parents=True)
     shutil.copyfile(big, store / "incoming" / "big.csv")
     record = Controller(ws).run_object(ws.store.uri("incoming/big.csv"))
     assert record["decision"] == "invalid" and "0.05 MB" in record["reasons"][0]
     assert (store / "quarantine" / "big.csv").is_file()
+    assert not (store / "_tidal" / "schema.json").exists()  # nothing was learnt from it
