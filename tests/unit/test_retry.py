@@ -6,9 +6,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tidal.config import ControllerConfig
+from tidal.errors import RetryableError
 from tidal.pipeline import backoff_s
 from tidal.state import RunStatus, State
+from tidal.storage import open_store
 
 
 def test_backoff_doubles_up_to_its_ceiling_with_jitter_over_the_upper_half() -> None:
@@ -48,3 +52,15 @@ def test_a_failed_run_resumes_at_its_step_with_its_outputs(tmp_path: Path) -> No
     assert resumed is not None
     assert (resumed.status, resumed.step, resumed.attempts) == (RunStatus.QUEUED, "prepare", 0)
     assert state.step_outputs(run.id)["validate"]["rows"] == 3
+
+
+def test_a_refused_store_gets_a_hint_that_fits_it(tmp_path: Path) -> None:
+    local = open_store(str(tmp_path / "bucket"))
+    with pytest.raises(RetryableError) as caught, local._errors("incoming/a.csv"):
+        raise PermissionError(13, "Permission denied")
+    assert str(tmp_path / "bucket") in (caught.value.hint or "")
+    assert "AWS" not in str(caught.value)
+    remote = open_store("s3://bucket/tidal", endpoint_url="http://127.0.0.1:1")
+    with pytest.raises(RetryableError) as caught, remote._errors("incoming/a.csv"):
+        raise PermissionError(13, "Access Denied")
+    assert "AWS_ACCESS_KEY_ID" in (caught.value.hint or "")
