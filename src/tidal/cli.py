@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tidal.errors import EXIT_INVALID_DATA, EXIT_REJECTED, TidalError, UsageError
+from tidal.errors import EXIT_INVALID_DATA, EXIT_REJECTED, EXIT_RETRY, TidalError, UsageError
 
 app = typer.Typer(
     name="tidal",
@@ -183,11 +183,17 @@ def _resolve_source(ctrl: Any, target: str) -> tuple[str, str | None]:
             hint="copy it into the store's incoming/ prefix, or give a local file",
         )
     path = Path(target[len("file://") :] if target.startswith("file://") else target)
+    if store.protocol == "file":  # a file inside the store is that object, never a copy of it
+        inside = Path(store.root[len("file://") :])
+        if path.resolve().is_relative_to(inside):
+            return store.uri(path.resolve().relative_to(inside).as_posix()), None
     return ctrl.ingest(path)
 
 
 def _record_exit(record: dict[str, Any]) -> int:
     decision = record.get("decision")
+    if decision == "failed" and record.get("retryable"):
+        return EXIT_RETRY
     return {"promoted": 0, "rejected": EXIT_REJECTED, "invalid": EXIT_INVALID_DATA}.get(
         str(decision), 1
     )

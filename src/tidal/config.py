@@ -103,6 +103,12 @@ class ValidationConfig(_Section):
         description="Largest share of the accumulated training set one file may bring; a "
         "larger file's train split is sampled down to it (the first file is exempt).",
     )
+    max_file_mb: float = Field(
+        100.0,
+        gt=0,
+        description="Largest incoming file in MB (1 MB = 2**20 bytes); a larger one is refused "
+        "unread (split it, or raise this limit).",
+    )
 
 
 class TrainingConfig(_Section):
@@ -454,8 +460,17 @@ class ControllerConfig(_Section):
         30.0, gt=1, description="A run whose owner is silent this long is taken over."
     )
     max_attempts: int = Field(
-        3, ge=1, description="Tries of a run that fails with a retryable error."
+        8,
+        ge=1,
+        description="Tries of a run meeting a temporary error (store unreachable, lease lost, "
+        "job interrupted), waiting retry_base_s, then twice as long each time (with jitter, at "
+        "most retry_max_s) between them; after the last the run fails, and 'tidal up' queues "
+        "it again, at most every retry_max_s, while the store answers. Other errors fail at once.",
     )
+    retry_base_s: float = Field(
+        2.0, gt=0, description="Wait before the second try of a run after a temporary error."
+    )
+    retry_max_s: float = Field(300.0, gt=0, description="Longest wait between two tries of a run.")
 
 
 class AlertsConfig(_Section):

@@ -7,6 +7,12 @@
 waits for its record. Both may run at once: the lease keeps one executor per run, and a model
 never has two runs executing together. A run whose owner was killed (kill -9) is taken over
 once its owner is known dead or its lease expires, and resumes where it stopped.
+
+Only objects under ``incoming/`` are ever run: Tidal's own objects (``_tidal/``, the holdout,
+``quarantine/``) are refused, never validated or moved. A run that meets a temporary error
+waits (exponential backoff with jitter, ``controller.retry_base_s`` to ``retry_max_s``) and is
+tried again up to ``controller.max_attempts`` times; a run that failed for such a reason is
+queued again by ``serve_forever`` once the store answers, at most every ``retry_max_s``.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from tidal.errors import NotFound, RetryableError, UsageError
 from tidal.evaluation.gate import Decision
 from tidal.pipeline import FIRST, Progress, execute, quarantine
 from tidal.state import Run, RunStatus, owner_id
-from tidal.storage import sha256_bytes
-from tidal.triggers.polling import DATA_SUFFIXES, PollingSource
+from tidal.storage import sha256_file
+from tidal.triggers.polling import DATA_SUFFIXES, PollingSource, ignored_because
 from tidal.workspace import INCOMING, Workspace
 
 log = logging.getLogger("tidal.controller")
@@ -41,8 +47,11 @@ class Controller:
         """Copy a local file into ``incoming/`` (atomically); returns (uri, sha256).
 
         The same bytes already there are not copied twice; a different file with the same
-        name gets the first 8 characters of its sha256 added to its name.
+        name gets the first 8 characters of its sha256 added to its name. A file above
+        ``validation.max_file_mb``, or named so that the trigger would never run it, is refused.
         """
+        from tidal.data.validate import check_size
+
         if not path.is_file():
             raise UsageError(
                 f"no such file: {path}", hint="give the path of a CSV or JSON Lines file"
@@ -52,26 +61,40 @@ class Controller:
                 f"{path.name}: unsupported file type {path.suffix or '(none)'}",
                 hint=f"use one of {', '.join(DATA_SUFFIXES)}",
             )
-        data = path.read_bytes()
-        sha = sha256_bytes(data)
+        ignored = ignored_because(path.name)
+        if ignored:
+            raise UsageError(
+                f"{path.name}: {ignored}, so incoming/ would never run it",
+                hint="rename the file (start it with a letter or digit)",
+            )
+        check_size(path.stat().st_size, path.name, self.ws.config.validation.max_file_mb)
+        sha = sha256_file(path)
         store = self.ws.store
         key = f"{INCOMING}/{path.name}"
         if store.exists(key) and store.sha256(key) != sha:
             key = f"{INCOMING}/{path.stem}-{sha[:8]}{path.suffix}"
         if not store.exists(key):
-            store.put_bytes(key, data)
+            store.put_file(key, path)
         return store.uri(key), sha
 
     def submit(
         self, uri: str, sha256: str | None = None, landed_at: float | None = None
     ) -> tuple[Run, bool]:
-        """Queue a run for an object of the store; the same bytes give the same run."""
+        """Queue a run for an object under incoming/; the same bytes give the same run."""
         key = self.ws.store.key_of(uri)
+        if not key.startswith(f"{INCOMING}/") or ignored_because(key.rsplit("/", 1)[-1]):
+            raise UsageError(
+                f"{uri} is not a landed file: only objects under {self.ws.store.uri(INCOMING)}/ "
+                "are run (Tidal's own objects are never validated or moved)",
+                hint="give the path of a local file (it is copied into incoming/), or upload "
+                "the file to incoming/",
+            )
         sha = sha256 or self.ws.store.sha256(key)
         return self.ws.state.enqueue(self.ws.model_name, uri, sha, FIRST.value, landed_at)
 
     def poll(self) -> list[Run]:
-        """Queue a run for every new object in incoming/."""
+        """Queue a run for every new object in incoming/, and again every run that failed for
+        a temporary reason (the store answered this listing)."""
         queued = []
         for info in self.source.poll():
             try:
@@ -84,7 +107,28 @@ class Controller:
                 queued.append(run)
             else:
                 self._requarantine(run, info.key)
-        return queued
+        return queued + self._resume_temporary_failures()
+
+    def _resume_temporary_failures(self) -> list[Run]:
+        """Failed runs whose last error was temporary, failed over ``retry_max_s`` ago: queued
+        again at the step where they stopped, with fresh attempts."""
+        state, cfg = self.ws.state, self.ws.config.controller
+        resumed = []
+        for run in state.runs(self.ws.model_name, limit=200):
+            if run.status != RunStatus.FAILED or not (run.record or {}).get("retryable"):
+                continue
+            if time.time() - (run.finished_at or 0) < cfg.retry_max_s:
+                continue
+            if state.resume_failed(run.id):
+                state.event(
+                    "run.queued",
+                    f"run {run.id} failed for a temporary reason ({run.error}); the store "
+                    f"answers again: queued at step {run.step}",
+                    model=run.model,
+                    run_id=run.id,
+                )
+                resumed.append(run)
+        return resumed
 
     def _requarantine(self, run: Run, key: str) -> None:
         """Bytes that validation already refused, landed again: back to quarantine/ with them."""

@@ -11,6 +11,9 @@
     └── RetryableError              exit 75  transient: storage down, lease lost, spot interruption;
         └── StorageUnavailable               running the same command again may succeed
 
+The controller retries a run only after a ``RetryableError`` (with backoff, see controller.py);
+any other error fails it at once: a retry would meet the same refusal.
+
 A gate rejection is a decision, not an error: `tidal run` exits 3 for it (see EXIT_REJECTED).
 Foreign exceptions are converted at the boundary with ``raise ... from exc``.
 

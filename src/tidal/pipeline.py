@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -30,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 from tidal import __version__
 from tidal.errors import DataRejected, NotFound, RetryableError, TidalError
 from tidal.evaluation.gate import Decision
-from tidal.workspace import META, QUARANTINE, Workspace
+from tidal.workspace import INCOMING, META, QUARANTINE, Workspace
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from tidal.config import ControllerConfig
     from tidal.data.schema import Schema
     from tidal.state import Run
 
@@ -109,13 +111,13 @@ class RunContext:
 
 
 def validate(ctx: RunContext) -> dict[str, Any]:
-    from tidal.data.validate import check, read_table
+    from tidal.data.validate import check, check_size, read_table
 
     store = ctx.ws.store
-    data = store.get_bytes(ctx.key)
     schema = load_schema(ctx.ws)
     try:
-        frame = read_table(data, ctx.key)
+        check_size(store.size(ctx.key), ctx.key, ctx.ws.config.validation.max_file_mb)
+        frame = read_table(store.get_bytes(ctx.key), ctx.key)
         report = check(frame, schema, ctx.ws.config, name=ctx.key)
     except DataRejected as exc:
         target = quarantine(ctx.ws, ctx.key, exc.problems, ctx.run)
@@ -138,6 +140,8 @@ def prepare(ctx: RunContext) -> dict[str, Any]:
     frame = coerce(frame, schema)
     version = dataset_version(ctx.run.sha256)
     holdout_rows = None
+    if not store.exists(HOLDOUT_META_KEY):
+        _refuse_second_holdout(ws, ctx.run.id)
     if not store.exists(HOLDOUT_META_KEY) or _created_by(ws, HOLDOUT_META_KEY) == ctx.run.id:
         frame, holdout = split(
             frame, cfg.data.holdout_fraction, label_column=schema.label_column, seed=cfg.data.seed
@@ -365,17 +369,19 @@ def _from_late_labels(ws: Workspace, run: Run) -> bool:
 
 
 def register(ctx: RunContext) -> dict[str, Any]:
+    from tidal.registry import metric_key
+
     ws = ctx.ws
     prep, trained, gate = ctx.out(Step.PREPARE), ctx.out(Step.TRAIN), ctx.out(Step.EVALUATE)
     local = ctx.fetch_candidate()
+    # slice names carry file names: escaped for MLflow here, readable in the decision record
     metrics = {
-        f"candidate.{s}.{m}": v for s, ms in gate["candidate"].items() for m, v in ms.items()
+        f"{who}.{metric_key(s)}.{metric_key(m)}": v
+        for who in ("candidate", "champion")
+        for s, ms in (gate[who] or {}).items()
+        for m, v in ms.items()
     }
-    if gate["champion"]:
-        metrics |= {
-            f"champion.{s}.{m}": v for s, ms in gate["champion"].items() for m, v in ms.items()
-        }
-    metrics |= {f"train.{k}": v for k, v in trained["train_metrics"].items()}
+    metrics |= {f"train.{metric_key(k)}": v for k, v in trained["train_metrics"].items()}
     metrics["compute_seconds"] = trained["train_seconds"]
     tags = {
         "tidal.decision": gate["decision"],
@@ -390,7 +396,7 @@ def register(ctx: RunContext) -> dict[str, Any]:
     params = {
         "recipe": ws.config.training.recipe,
         "executor": trained["executor"],
-        **{f"param.{k}": v for k, v in ws.config.training.params.items()},
+        **{f"param.{metric_key(k)}": v for k, v in ws.config.training.params.items()},
         "train_rows": prep["rows"]["train"],
         "seed": ws.config.data.seed,
     }
@@ -515,8 +521,16 @@ def execute(
         current = state.run(run.id)
         attempts = current.attempts if current else run.attempts
         if attempts < ws.config.controller.max_attempts:
-            state.release(run.id, owner, requeue=True, error=str(exc))
-            state.event("run.retry", f"run {run.id}: {exc}", model=ws.model_name, run_id=run.id)
+            wait = backoff_s(attempts, ws.config.controller)
+            state.release(run.id, owner, requeue=True, error=str(exc), retry_at=time.time() + wait)
+            state.event(
+                "run.retry",
+                f"run {run.id}: attempt {attempts} of {ws.config.controller.max_attempts} "
+                f"failed, next in {wait:.1f} s: {exc}",
+                model=ws.model_name,
+                run_id=run.id,
+                data={"attempt": attempts, "wait_s": round(wait, 3)},
+            )
             raise
         return _fail(ws, ctx, exc)
     except TidalError as exc:
@@ -527,9 +541,26 @@ def execute(
         stop.set()
 
 
+def backoff_s(
+    attempt: int, cfg: ControllerConfig, rand: Callable[[], float] = random.random
+) -> float:
+    """The wait after the ``attempt``-th try (1, 2, ...) failed for a temporary reason:
+    ``retry_base_s`` doubled each time up to ``retry_max_s``, with jitter over its upper half
+    (so runs failing together do not come back together)."""
+    ceiling = min(cfg.retry_max_s, cfg.retry_base_s * 2 ** max(attempt - 1, 0))
+    return float(ceiling / 2 + rand() * ceiling / 2)
+
+
 def _fail(ws: Workspace, ctx: RunContext, exc: BaseException) -> dict[str, Any]:
     record = build_record(ctx, None, version=None, reasons=[f"{type(exc).__name__}: {exc}"])
     record["decision"] = "failed"
+    # a temporary cause: 'tidal up' queues the run again once the store answers
+    record["retryable"] = isinstance(exc, RetryableError)
+    if Step.PREPARE.value in ctx.outputs:  # training may have opened its MLflow run
+        try:
+            ws.registry.close_run(ctx.run.id, failed=True)
+        except Exception as close_exc:
+            log.warning("run %s: its MLflow run stays open: %s", ctx.run.id, close_exc)
     ws.state.finish(ctx.run.id, decision="failed", record=record, failed=True, error=str(exc))
     ws.state.event(
         "run.failed", f"run {ctx.run.id} failed: {exc}", model=ws.model_name, run_id=ctx.run.id
@@ -616,6 +647,21 @@ def _created_by(ws: Workspace, key: str) -> int | None:
     return int(value) if value is not None else None
 
 
+def _refuse_second_holdout(ws: Workspace, run_id: int) -> None:
+    """The holdout is cut once, from the first accepted file, and frozen: when it is gone but
+    another run already prepared data, cutting a new one from this file would change what
+    every later gate compares on. Fail instead (not retried), saying how to fix it."""
+    for run in ws.state.runs(ws.model_name, limit=10_000):
+        if run.id != run_id and Step.PREPARE.value in ws.state.step_outputs(run.id):
+            raise TidalError(
+                f"the frozen holdout {ws.store.uri(HOLDOUT_META_KEY)} is missing, but run "
+                f"{run.id} already prepared data against it; a new holdout is not cut from a "
+                "later file",
+                hint=f"restore {HOLDOUT_KEY} and {HOLDOUT_META_KEY} in the store from a backup "
+                "and run this file again ('tidal run URI'), or start a new workspace",
+            )
+
+
 def accepted_train_sets(ws: Workspace, *, exclude: int) -> list[str]:
     """Train splits of earlier files whose model was promoted, oldest first."""
     uris = []
@@ -641,9 +687,17 @@ def accepted_train_rows(ws: Workspace, *, exclude: int | None = None) -> int:
 
 
 def quarantine(ws: Workspace, key: str, problems: list[str], run: Run) -> str:
-    """Move a rejected file to quarantine/ with a ``.reason.json`` beside it."""
+    """Move a rejected file from incoming/ to quarantine/ with a ``.reason.json`` beside it.
+
+    A different file already quarantined under the same name keeps its place: this one gets
+    the first 8 characters of its sha256 added to its name. An object outside incoming/ is
+    never moved (its reason is written all the same).
+    """
     store = ws.store
-    target = f"{QUARANTINE}/{Path(key).name}"
+    path = Path(key)
+    target = f"{QUARANTINE}/{path.name}"
+    if _other_reason(store, target, run.sha256):
+        target = f"{QUARANTINE}/{path.stem}-{run.sha256[:8]}{path.suffix}"
     reason = {
         "source": store.uri(key),
         "sha256": run.sha256,
@@ -653,9 +707,18 @@ def quarantine(ws: Workspace, key: str, problems: list[str], run: Run) -> str:
         "how_to_fix": "fix the file and upload it again to incoming/ (a changed file is a new run)",
     }
     store.put_bytes(f"{target}.reason.json", json.dumps(reason, indent=2).encode())
-    if store.exists(key):
+    if key.startswith(f"{INCOMING}/") and store.exists(key):
         store.move(key, target)
     return target
+
+
+def _other_reason(store: Any, target: str, sha256: str) -> bool:
+    """Whether quarantine/ holds, under ``target``, a file other than the one of ``sha256``."""
+    try:
+        reason = json.loads(store.get_bytes(f"{target}.reason.json"))
+    except NotFound:
+        return store.exists(target)
+    return bool(reason.get("sha256") != sha256)
 
 
 def score(

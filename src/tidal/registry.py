@@ -5,6 +5,12 @@ seconds, the model folder and its decision record as artifacts) and a registered
 with lineage tags. The aliases ``champion`` (what serves) and ``challenger`` (a candidate being
 rolled out) are moved here and nowhere else.
 
+Metric and parameter names reach MLflow through ``metric_key``: a slice named after a user's
+file (``test:batch (1).csv``) becomes a name MLflow accepts, the same every time and distinct
+for distinct names; the decision record keeps the readable name. MLflow refusing a request
+(a 4xx: a bad name, a value too long) is a ``TidalError`` that no retry mends; anything else
+(the tracking database locked or unreachable) is a ``RetryableError``.
+
 Idempotent: a version is found by its ``tidal.run_id`` tag before one is created, so a run
 resumed after kill -9 never registers twice. The SQLite schema is created once, under a file
 lock, before any other use: several processes creating it at once crash in MLflow's migrations.
@@ -24,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tidal.errors import NotFound, RetryableError
+from tidal.errors import NotFound, RetryableError, TidalError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -32,6 +38,23 @@ if TYPE_CHECKING:
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 TAG_RUN = "tidal.run_id"
+# what MLflow allows in a metric or parameter name is wider; these never need thought
+_KEY_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:")
+
+
+def metric_key(name: str) -> str:
+    """``name`` as an MLflow metric/parameter name: letters, digits, ``.``, ``-`` and ``:``
+    kept, ``_`` doubled, any other character written as ``_`` and its UTF-8 bytes in hex
+    (``batch (1).csv`` → ``batch_20_281_29.csv``). One-to-one, so two names never collide."""
+    out = []
+    for char in name:
+        if char in _KEY_SAFE:
+            out.append(char)
+        elif char == "_":
+            out.append("__")
+        else:
+            out.append("".join(f"_{byte:02X}" for byte in char.encode("utf-8")))
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -123,8 +146,22 @@ class Registry:
         now = int(time.time() * 1000)
         self.client.log_batch(
             mlflow_run,
-            metrics=[Metric(f"train.{k}", float(v), now, step) for k, v in sorted(metrics.items())],
+            metrics=[
+                Metric(f"train.{metric_key(k)}", float(v), now, step)
+                for k, v in sorted(metrics.items())
+            ],
         )
+
+    def close_run(self, run_id: int, *, failed: bool) -> None:
+        """End the MLflow run of a Tidal run that ended without registering (FAILED or
+        KILLED); a run already ended, or never opened, is left as it is."""
+        client = self.client
+        assert self._experiment_id is not None
+        found = client.search_runs(
+            [self._experiment_id], filter_string=f"tags.`{TAG_RUN}` = '{run_id}'", max_results=1
+        )
+        if found and found[0].info.status == "RUNNING":
+            client.set_terminated(found[0].info.run_id, "FAILED" if failed else "KILLED")
 
     def register(
         self,
@@ -176,6 +213,13 @@ class Registry:
                 client.log_artifact(mlflow_run, str(path))
             client.set_terminated(mlflow_run)
         except Exception as exc:
+            if _permanent(exc):
+                with contextlib.suppress(Exception):
+                    client.set_terminated(mlflow_run, "FAILED")
+                raise TidalError(
+                    f"MLflow refused to register run {run_id}: {exc}",
+                    hint="a retry will not help; report it with the run's 'tidal status'",
+                ) from exc
             raise RetryableError(f"registering run {run_id} in MLflow failed: {exc}") from exc
         return self._info(version)
 
@@ -256,6 +300,16 @@ class Registry:
             aliases=sorted(aliases) if aliases is not None else list(mv.aliases or []),
             tags=dict(mv.tags or {}),
         )
+
+
+def _permanent(exc: BaseException) -> bool:
+    """Whether MLflow refused the request itself (a 4xx other than 429): retrying is futile."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    status = exc.get_http_status_code()
+    return 400 <= status < 500 and status != 429
 
 
 def _param(value: Any) -> str:

@@ -170,6 +170,7 @@ class Run:
     finished_at: float | None
     record: dict[str, Any] | None
     error: str | None
+    retry_at: float | None = None  # a run given back after a temporary error waits till then
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Run:
@@ -262,6 +263,9 @@ class State:
             _rebuild_labels(db)
             db.executescript(SCHEMA)
             _add_label_columns(db)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            if "retry_at" not in columns:  # a database made before 2026-12-04
+                db.execute("ALTER TABLE runs ADD COLUMN retry_at REAL")
             if not counted:  # a database made before 2026-11-22: count its joined labels once
                 db.execute(
                     "INSERT INTO label_cells SELECT model, COALESCE(version, ''),"
@@ -344,9 +348,9 @@ class State:
     def claim(self, run_id: int | None, owner: str, lease_s: float) -> Run | None:
         """Take a runnable run (a given one, or the oldest) under a lease, or None.
 
-        A run is runnable when queued, or running under a lease that expired or whose owner
-        died. A model never has two runs executing at once: a live lease on another run of the
-        same model blocks the claim.
+        A run is runnable when queued (and its ``retry_at``, if any, has passed), or running
+        under a lease that expired or whose owner died. A model never has two runs executing
+        at once: a live lease on another run of the same model blocks the claim.
         """
         now = time.time()
         with self.tx() as db:
@@ -359,6 +363,8 @@ class State:
             for row in candidates:
                 if row["status"] not in (RunStatus.QUEUED, RunStatus.RUNNING):
                     continue
+                if row["status"] == RunStatus.QUEUED and (row["retry_at"] or 0) > now:
+                    continue  # backing off after a temporary error
                 if (
                     row["status"] == RunStatus.RUNNING
                     and row["owner"] != owner
@@ -390,15 +396,40 @@ class State:
             return cur.rowcount == 1
 
     def release(
-        self, run_id: int, owner: str, *, requeue: bool = False, error: str | None = None
+        self,
+        run_id: int,
+        owner: str,
+        *,
+        requeue: bool = False,
+        error: str | None = None,
+        retry_at: float | None = None,
     ) -> None:
-        """Give a run back: to the queue (retry later) or leave it for takeover."""
+        """Give a run back: to the queue (retried, not before ``retry_at``) or leave it for
+        takeover."""
         with self.tx() as db:
             db.execute(
-                "UPDATE runs SET status=?, owner=NULL, lease_until=NULL, error=?"
+                "UPDATE runs SET status=?, owner=NULL, lease_until=NULL, error=?, retry_at=?"
                 " WHERE id=? AND owner=?",
-                (RunStatus.QUEUED if requeue else RunStatus.RUNNING, error, run_id, owner),
+                (
+                    RunStatus.QUEUED if requeue else RunStatus.RUNNING,
+                    error,
+                    retry_at,
+                    run_id,
+                    owner,
+                ),
             )
+
+    def resume_failed(self, run_id: int) -> bool:
+        """Queue a failed run again at the step where it stopped, with its attempts counted
+        afresh (its completed steps are kept); False when it is not failed."""
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE runs SET status='queued', decision=NULL, record=NULL, attempts=0,"
+                " owner=NULL, lease_until=NULL, retry_at=NULL, finished_at=NULL"
+                " WHERE id=? AND status='failed'",
+                (run_id,),
+            )
+            return cur.rowcount == 1
 
     def step_done(
         self, run_id: int, step: str, next_step: str, output: dict[str, Any], seconds: float
@@ -457,7 +488,8 @@ class State:
         with self.tx() as db:
             cur = db.execute(
                 "UPDATE runs SET status='queued', step=?, decision=NULL, record=NULL, error=NULL,"
-                " attempts=0, owner=NULL, lease_until=NULL, started_at=NULL, finished_at=NULL"
+                " attempts=0, retry_at=NULL, owner=NULL, lease_until=NULL, started_at=NULL,"
+                " finished_at=NULL"
                 " WHERE id=? AND status='failed'",
                 (first_step, run_id),
             )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,13 @@ from typing import Any
 from tidal.errors import NotFound, StorageUnavailable, UsageError
 
 CHUNK = 1 << 20
+# the name of a local put in progress: the target's name, ".tmp-" and 8 hex digits (_local_temp)
+_TEMP_NAME = re.compile(r"\.tmp-[0-9a-f]{8}$")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a put in progress (``x.csv.tmp-1a2b3c4d``), not an object."""
+    return _TEMP_NAME.search(name) is not None
 
 
 @dataclass(frozen=True)
@@ -99,11 +107,12 @@ class Store:
             raise NotFound(f"no object {self.uri(key)}") from exc
         except PermissionError as exc:
             raise StorageUnavailable(
-                f"access denied to {self.uri(key)}: {exc}",
-                hint="check the storage credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
+                f"access denied to {self.uri(key)}: {exc}", hint=self._access_hint()
             ) from exc
         except (OSError, TimeoutError) as exc:
-            raise StorageUnavailable(f"storage {self.root} unreachable: {exc}") from exc
+            raise StorageUnavailable(
+                f"storage {self.root} unreachable: {exc}", hint=self._access_hint()
+            ) from exc
         except Exception as exc:
             if not isinstance(exc, self._transport_errors):
                 raise
@@ -112,6 +121,19 @@ class Store:
                 hint="check storage.endpoint_url and the credentials "
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)",
             ) from exc
+
+    def _access_hint(self) -> str:
+        """How to fix a store that refused access: a folder's rights, or the S3 credentials."""
+        if self.protocol == "file":
+            return (
+                f"check that {self._path} exists and that the user running Tidal may read and "
+                "write it (permissions, free disk space, a read-only mount); Tidal retries "
+                "with backoff and 'tidal up' picks the run up again once the store answers"
+            )
+        return (
+            "check storage.endpoint_url and the credentials "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY); Tidal retries with backoff"
+        )
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -203,7 +225,7 @@ class Store:
             if detail.get("type") == "directory":
                 continue
             if self.protocol == "file":
-                if ".tmp-" in posixpath.basename(path):
+                if is_temp_name(posixpath.basename(path)):
                     continue  # a put in progress (see put_bytes)
                 key = os.path.relpath(path, self._path).replace(os.sep, "/")
             else:
@@ -212,6 +234,11 @@ class Store:
                 ObjectInfo(key=key, size=int(detail.get("size") or 0), mtime=_mtime(detail))
             )
         return sorted(infos, key=lambda i: i.key)
+
+    def size(self, key: str) -> int:
+        """The object's size in bytes, without reading it."""
+        with self._errors(key):
+            return int(self.fs.size(self._full(key)))
 
     def sha256(self, key: str) -> str:
         return sha256_bytes(self.get_bytes(key))

@@ -7,6 +7,10 @@ and the limits in ``validation`` of tidal.yaml; it collects every problem rather
 the first. ``check`` does the same and raises ``DataRejected`` when a problem was found.
 ``coerce`` then converts an accepted frame to the schema's columns and types.
 
+``check_size`` refuses, unread, a file above ``validation.max_file_mb``. A CSV is parsed from
+its bytes (checked as UTF-8 a chunk at a time, never held as text): a file refused at line 3
+costs little more memory than its bytes.
+
 Row numbers in messages count data rows from 1, the header not included.
 """
 
@@ -39,6 +43,16 @@ FALSE = frozenset({"false", "f", "no", "n", "0"})
 # -- reading --------------------------------------------------------------------------------
 
 
+def check_size(size: int, name: str, max_mb: float) -> None:
+    """Refuse a file of ``size`` bytes above ``max_mb`` MB before anything reads it."""
+    if size > max_mb * 2**20:
+        raise DataRejected(
+            f"{name} is {size / 2**20:,.1f} MB; files up to {max_mb:g} MB are accepted "
+            "(validation.max_file_mb)",
+            hint="split it into smaller files, or raise validation.max_file_mb in tidal.yaml",
+        )
+
+
 def read_table(data: bytes, name: str) -> pd.DataFrame:
     """Parse ``data``, the bytes of the file ``name``, as CSV/TSV or JSON Lines by extension."""
     suffix = PurePosixPath(name).suffix.lower()
@@ -48,33 +62,48 @@ def read_table(data: bytes, name: str) -> pd.DataFrame:
             f"allowed: {', '.join(EXTENSIONS)}",
             hint="save the file as CSV (.csv) or JSON Lines (.jsonl)",
         )
-    if not data.strip():
+    if not data or data.isspace():  # not data.strip(): no copy of a large file
         raise DataRejected(f"{name} is empty", hint="send a file with a header and rows")
-    text = _decode(data, name)
     if suffix in CSV_SEPARATORS:
-        frame = _read_csv(text, name, CSV_SEPARATORS[suffix])
+        frame = _read_csv(_utf8(data, name), name, CSV_SEPARATORS[suffix])
     else:
-        frame = _read_jsonl(text, name)
+        frame = _read_jsonl(_decode(data, name), name)
     if frame.empty:
         raise DataRejected(f"{name} has a header but no rows", hint="send a file with rows")
     return frame
 
 
 def _decode(data: bytes, name: str) -> str:
-    body = data.removeprefix(codecs.BOM_UTF8)  # spreadsheets often start UTF-8 with a BOM
+    return _utf8(data, name).decode("utf-8")
+
+
+def _utf8(data: bytes, name: str) -> bytes:
+    """``data`` without a leading BOM, checked to be UTF-8 a chunk at a time (no copy as text)."""
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    step = 1 << 20
     try:
-        return body.decode("utf-8", errors="strict")
-    except UnicodeDecodeError as exc:
-        offset = exc.start + len(data) - len(body)
-        line = data[:offset].count(b"\n") + 1
-        raise DataRejected(
-            f"{name} is not UTF-8: byte {offset} (line {line}) is {data[offset : offset + 1]!r}",
-            hint="re-save the file as UTF-8 (e.g. 'Save as… CSV UTF-8', or iconv -t UTF-8)",
-        ) from exc
+        for start in range(bom, len(data), step):
+            decoder.decode(data[start : start + step])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        try:  # once more in one piece, for the exact offset
+            data[bom:].decode("utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            offset = exc.start + bom
+            line = data[:offset].count(b"\n") + 1
+            raise DataRejected(
+                f"{name} is not UTF-8: byte {offset} (line {line}) is "
+                f"{data[offset : offset + 1]!r}",
+                hint="re-save the file as UTF-8 (e.g. 'Save as… CSV UTF-8', or iconv -t UTF-8)",
+            ) from exc
+        raise  # pragma: no cover - the two decoders agree
+    return data[bom:] if bom else data  # spreadsheets often start UTF-8 with a BOM
 
 
-def _read_csv(text: str, name: str, sep: str) -> pd.DataFrame:
-    header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
+def _read_csv(data: bytes, name: str, sep: str) -> pd.DataFrame:
+    first = data[: 1 << 16].decode("utf-8", errors="ignore")  # the header, however long its row
+    header = next(csv.reader(io.StringIO(first), delimiter=sep), [])
     blank = [i + 1 for i, column in enumerate(header) if not column.strip()]
     if blank:
         raise DataRejected(
@@ -88,7 +117,7 @@ def _read_csv(text: str, name: str, sep: str) -> pd.DataFrame:
             hint="give every column a distinct name",
         )
     try:
-        return pd.read_csv(io.StringIO(text), sep=sep, low_memory=False)
+        return pd.read_csv(io.BytesIO(data), sep=sep, low_memory=False, encoding="utf-8")
     except pd.errors.EmptyDataError as exc:
         raise DataRejected(
             f"{name} has no header", hint="the first line must name the columns"

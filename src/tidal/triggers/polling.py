@@ -4,6 +4,8 @@ What was already queued is kept in the controller database as (key, mtime, size)
 neither loses nor repeats an object; a file rewritten in place (new mtime or size) is new. The
 cursor (highest modification time queued) is saved for ``tidal status``. Local files younger
 than ``settle_s`` are left for the next poll: a copy in progress is not read half-written.
+Names starting with ``.`` or ``_`` (an upload in progress, by convention) and Tidal's own puts
+in progress are never queued; ``ignored_because`` says so, and ``tidal ingest`` refuses them.
 """
 
 from __future__ import annotations
@@ -12,10 +14,19 @@ import json
 import time
 
 from tidal.state import State
-from tidal.storage import ObjectInfo, Store
+from tidal.storage import ObjectInfo, Store, is_temp_name
 from tidal.triggers.base import EventSource
 
 DATA_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json", ".tsv")
+
+
+def ignored_because(name: str) -> str | None:
+    """Why the trigger never queues an object named ``name``, or None when it does."""
+    if name.startswith((".", "_")):
+        return "names starting with '.' or '_' are uploads in progress"
+    if is_temp_name(name):
+        return "names ending in '.tmp-' and 8 hex digits are writes in progress"
+    return None
 
 
 class PollingSource(EventSource):
@@ -30,8 +41,7 @@ class PollingSource(EventSource):
         now = time.time()
         fresh = []
         for info in self.store.list(self.prefix):
-            name = info.name
-            if name.startswith((".", "_")) or ".tmp-" in name:
+            if ignored_because(info.name):
                 continue
             if self.settle_s and now - info.mtime < self.settle_s:
                 continue  # still being written, maybe

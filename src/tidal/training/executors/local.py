@@ -6,6 +6,10 @@ SageMaker's ``SM_*`` variables.
 Log lines are streamed as they come and kept in ``job.log``; lines starting with ``@tidal ``
 carry JSON events (progress, metrics) from the job.
 
+Inputs are staged for the job's life only: when it ends, ``input/data/`` is removed and
+``input/manifest.json`` keeps what it read (each channel's URIs, sha256 and sizes), so the
+jobs folder grows by a model and a log per run, not by every accumulated training set again.
+
 Checkpoints (``spec.checkpoint_uri``): before the job starts, the newest complete checkpoint in
 the store is brought into ``checkpoints/`` (unless the folder, kept from an earlier attempt of
 the same job, already has one as new); while it runs, a background thread uploads each new
@@ -33,7 +37,7 @@ from typing import Any
 
 from tidal.errors import EXIT_RETRY
 from tidal.lifeline import job_preexec
-from tidal.storage import Store
+from tidal.storage import Store, sha256_file
 from tidal.training import checkpoints
 from tidal.training.executors.base import Executor, JobHandle, JobResult, JobSpec, JobStatus
 
@@ -113,12 +117,18 @@ class LocalExecutor(Executor):
             uploader = checkpoints.Uploader(
                 root / "checkpoints", self.store, prefix, keep=keep, interval_s=self.sync_interval_s
             )
+        staged: dict[str, list[dict[str, Any]]] = {}
         for channel, uris in spec.channels.items():
             folder = root / "input" / "data" / channel
             folder.mkdir(parents=True, exist_ok=True)
             for i, uri in enumerate(uris):
                 key = self.store.key_of(uri)
-                self.store.get_file(key, folder / f"{i:04d}-{Path(key).name}")
+                local = folder / f"{i:04d}-{Path(key).name}"
+                self.store.get_file(key, local)
+                staged.setdefault(channel, []).append(
+                    {"uri": uri, "sha256": sha256_file(local), "bytes": local.stat().st_size}
+                )
+        (root / "input" / "manifest.json").write_text(json.dumps(staged, indent=2))
         (root / "input/config/hyperparameters.json").write_text(json.dumps(spec.hyperparameters))
         code = root / "code"
         if spec.code_dir:
@@ -216,6 +226,8 @@ class LocalExecutor(Executor):
         proc: subprocess.Popen[str] = handle.backend_data["proc"]
         code = proc.wait()
         handle.backend_data["reader"].join(timeout=5)
+        # the inputs are in the store (input/manifest.json names them): no copy is kept
+        shutil.rmtree(handle.backend_data["root"] / "input" / "data", ignore_errors=True)
         seconds = time.monotonic() - handle.backend_data["started"]
         status = _status(code)
         tail = list(handle.backend_data["tail"])
