@@ -78,7 +78,9 @@ def prometheus_client_figures(n: int, repeats: int) -> dict[str, Any]:
 
     registry = CollectorRegistry()
     variant = ["model", "version", "variant"]
-    requests = Counter("tidal_requests", "Requests.", [*variant, "route", "code"], registry=registry)
+    requests = Counter(
+        "tidal_requests", "Requests.", [*variant, "route", "code"], registry=registry
+    )
     duration = Histogram(
         "tidal_request_duration_seconds", "Time.", variant, buckets=LATENCY_BUCKETS,
         registry=registry,

@@ -66,7 +66,7 @@ def _readable(params: list[Any]) -> list[Any]:
         if isinstance(param, TyperArgument):
             if param.metavar is None:
                 param.metavar = (param.name or "value").upper()  # tidal rollout start VERSION
-            param.display_type_rich = _no_type  # the name says it; no <str> beside it
+            param.display_type_rich = _no_type  # type: ignore[method-assign]  # no <str> beside
         if isinstance(param, TyperOption) and param.metavar is None:
             if param.is_flag or param.count:
                 param.metavar = ""  # --force, --json, --help: nothing follows them

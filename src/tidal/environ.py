@@ -35,8 +35,9 @@ class _Variables(EnvSettingsSource):
 
     def __init__(self, model: type[BaseModel], variables: Mapping[str, str]) -> None:
         self.variables = dict(variables)
+        # it reads only the model's fields and config: a plain pydantic model will do
         super().__init__(
-            model,  # type: ignore[arg-type]  (it reads only model_fields and model_config)
+            model,  # type: ignore[arg-type]
             case_sensitive=False,
             env_prefix=PREFIX,
             env_nested_delimiter=DELIMITER,

@@ -102,7 +102,7 @@ def test_status_prints_the_queue_cursor_and_events(
     assert data["queue"] == {"done": 2, "queued": 1}
     assert data["cursor"]["key"] == "incoming/batch-1.csv"
     assert data["cursor"]["mtime"] == landed[0].mtime
-    assert [e["message"] for e in data["events"]][0] == "deployed v2"
+    assert data["events"][0]["message"] == "deployed v2"
 
 
 def test_status_of_a_fresh_workspace_says_what_is_missing(
