@@ -51,6 +51,7 @@ bench: setup-test  ## performance figures (not part of make test)
 	$(BIN)/python bench/drift_bench.py
 	$(BIN)/python bench/feedback_bench.py
 	$(BIN)/python bench/monitoring_bench.py
+	$(BIN)/python bench/metrics_bench.py
 
 bench-setup: setup-test  ## wrk (Debian package) and .bench/peers-venv (LitServe, BentoML)
 	$(BIN)/python bench/serving_bench.py --setup-only
