@@ -55,6 +55,16 @@ WS_OPT: Any = typer.Option(
 # -- help: a flag shows no type, a value a word (FILE, N) instead of Typer's <bool>/<str> ---------
 
 VALUE_NAMES = {"int": "N", "float": "NUMBER", "Path": "PATH", "str": "TEXT"}
+OPTION_VALUES = {  # by parameter name, where the name says more than the type
+    "api_key": "KEY",
+    "file": "FILE",
+    "host": "HOST",
+    "model_dir": "DIR",
+    "out_path": "FILE",
+    "port": "PORT",
+    "strategy": "NAME",
+    "url": "URL",
+}
 
 
 def _no_type(ctx: Any) -> None:
@@ -70,6 +80,8 @@ def _readable(params: list[Any]) -> list[Any]:
         if isinstance(param, TyperOption) and param.metavar is None:
             if param.is_flag or param.count:
                 param.metavar = ""  # --force, --json, --help: nothing follows them
+            elif param.name in OPTION_VALUES:
+                param.metavar = OPTION_VALUES[param.name]
             else:
                 name = param.bare_type()
                 param.metavar = VALUE_NAMES.get(name, name.upper())

@@ -38,8 +38,10 @@ def test_version_prints_the_package_version() -> None:
     [
         (["init"], {"--example": "NAME", "--label": "COLUMN", "--force": ""}),
         (["up"], {"--workspace": "DIR", "--port": "PORT", "--serve": "", "--verbose": ""}),
-        (["rollout", "start"], {"--bake-s": "NUMBER", "--watch": "", "--strategy": "TEXT"}),
-        (["monitor", "report"], {"--out": "PATH", "--json": ""}),
+        (["rollout", "start"], {"--bake-s": "NUMBER", "--watch": "", "--strategy": "NAME"}),
+        (["monitor", "report"], {"--out": "FILE", "--json": ""}),
+        (["predict"], {"--file": "FILE", "--url": "URL", "--api-key": "KEY"}),
+        (["serve"], {"--host": "HOST", "--port": "PORT", "--model-dir": "DIR"}),
         (["ingest"], {"--workspace": "DIR", "--json": ""}),
     ],
 )
