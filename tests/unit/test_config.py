@@ -109,6 +109,55 @@ def test_an_unknown_variable_is_named(tmp_path: Path) -> None:
         load_config(tmp_path, environ={"TIDAL_GATE__MIN_ACC": "0.5"})
 
 
+def test_variables_carry_lists_mappings_nulls_and_any_case(tmp_path: Path) -> None:
+    write(tmp_path, "storage:\n  endpoint_url: http://127.0.0.1:8333\n")
+    env = {
+        "TIDAL_STORAGE__ENDPOINT_URL": "",  # empty: null, clearing the file's value
+        "TIDAL_TRAINING__PARAMS": "{epochs: 2, learning_rate: 0.001}",  # YAML flow style
+        "TIDAL_SERVING__API_KEYS": '["aa", "bb"]',  # JSON
+        "TIDAL_ALERTS__SECRET": "12345678",  # digits, still a string
+        "tidal_serving__port": "9003",
+    }
+
+    config = load_config(tmp_path, environ=env)
+
+    assert config.storage.endpoint_url is None
+    assert config.training.params == {"epochs": 2, "learning_rate": 0.001}
+    assert [str(k) for k in config.serving.api_keys] == ["aa", "bb"]
+    assert config.alerts.secret is not None and config.alerts.secret.get_secret_value() == (
+        "12345678"
+    )
+    assert config.serving.port == 9003
+
+
+def test_a_variable_that_is_not_a_list_is_named_and_a_secret_is_not_shown(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as bad_params:
+        load_config(tmp_path, environ={"TIDAL_TRAINING__PARAMS": "{epochs: [2"})
+    with pytest.raises(ConfigError) as bad_keys:
+        load_config(tmp_path, environ={"TIDAL_SERVING__API_KEYS": "[s3cr3t-key"})
+
+    assert "TIDAL_TRAINING__PARAMS is not a valid list or mapping" in bad_params.value.message
+    assert bad_keys.value.message == (
+        "TIDAL_SERVING__API_KEYS is not a valid list or mapping: (value hidden)"
+    )
+    assert "s3cr3t" not in str(bad_keys.value)
+
+
+def test_without_a_setting_variable_pydantic_settings_is_not_imported(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    write(tmp_path, "serving: {port: 9000}\n")
+    code = (
+        "import sys; from pathlib import Path; from tidal.config import load_config; "
+        f"load_config(Path({str(tmp_path)!r}), environ={{'TIDAL_WORKSPACE': '/x'}}); "
+        "print('pydantic_settings' in sys.modules)"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+    assert found.stdout.strip() == "False", found.stderr
+
+
 def test_an_out_of_range_value_says_what_was_given(tmp_path: Path) -> None:
     write(tmp_path, "gate: {min_accuracy: 1.5}\n")
 

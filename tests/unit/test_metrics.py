@@ -55,3 +55,32 @@ def test_classification_rounds_and_counts_rows() -> None:
 def test_mismatched_lengths_are_refused() -> None:
     with pytest.raises(ValueError):
         accuracy(["a", "b"], ["a"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_same_figures_as_the_counting_they_replace(seed: int) -> None:
+    """Tidal counted tp/fp/fn itself before it called scikit-learn: the figures are equal."""
+
+    def counted_macro_f1(truth: list[object], pred: list[object]) -> float:
+        scores = []
+        for c in sorted(set(truth) | set(pred), key=str):
+            tp = sum(1 for t, p in zip(truth, pred, strict=True) if t == c and p == c)
+            fp = sum(1 for t, p in zip(truth, pred, strict=True) if t != c and p == c)
+            fn = sum(1 for t, p in zip(truth, pred, strict=True) if t == c and p != c)
+            scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        return sum(scores) / len(scores)
+
+    rng = np.random.default_rng(seed)
+    truth = [int(c) for c in rng.integers(0, 5, 300)]
+    pred = [t if rng.random() < 0.6 else int(rng.integers(0, 7)) for t in truth]
+
+    assert macro_f1(truth, pred) == pytest.approx(counted_macro_f1(truth, pred), abs=1e-12)
+    assert accuracy(truth, pred) == sum(t == p for t, p in zip(truth, pred, strict=True)) / 300
+
+
+def test_labels_of_mixed_types_are_scored_as_distinct_labels() -> None:
+    truth: list[object] = [1, 1, "1", "b"]
+    pred: list[object] = [1, "1", "1", "b"]
+
+    assert accuracy(truth, pred) == 0.75
+    assert macro_f1(truth, pred) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)

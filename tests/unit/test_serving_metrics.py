@@ -1,7 +1,7 @@
 """The endpoint's Prometheus metrics: valid text format 0.0.4, exact counts, cheap to record.
 
-``samples`` reads the exposition back with a small strict parser so every test runs without
-extra packages; where prometheus_client is installed, its parser must accept the same text.
+``samples`` reads the exposition back with a small strict parser of its own, and
+prometheus_client's parser must accept the same text.
 """
 
 from __future__ import annotations

@@ -28,12 +28,15 @@ reservoirs (keep the smallest keys of both) is exactly the reservoir of all thei
 together, in any order: windows merge as capture objects arrive. Only the texts whose keys
 could enter the reservoir are embedded.
 
-``domain_auc(reference, current)`` trains a logistic regression (L2, C = 1, on standardised
-vectors; Newton's method in numpy, 65 parameters) to tell the current vectors from the
-reference ones, balanced by subsampling the larger side, and returns the mean ROC AUC over
-``FOLDS`` stratified folds: about 0.5 when both are one distribution, towards 1 as they part.
-Seeded, so the same inputs give the same AUC. 10–30 ms for 500 + 500 vectors on two cores;
-scikit-learn's estimator gives the same weights, but importing it takes ~1.8 s.
+``domain_auc(reference, current)`` trains scikit-learn's ``LogisticRegression`` (L2, C = 1,
+after a ``StandardScaler``) to tell the current vectors from the reference ones, balanced by
+subsampling the larger side, and returns the mean ROC AUC (``roc_auc_score``) over ``FOLDS``
+stratified folds (``cross_val_score``): about 0.5 when both are one distribution, towards 1 as
+they part. Seeded, so the same inputs give the same AUC. It runs in the monitor, never on a
+request: the first call in a process imports scikit-learn (~1.8 s on two idle cores, nothing
+in ``tidal up``, whose controller has imported it already); a call then costs what the Newton
+iteration in numpy it replaced did (0.28 s against 0.31 s for 500 + 500 vectors of 64
+dimensions, best of 5, on a 2-core VM busy with other work).
 """
 
 from __future__ import annotations
@@ -272,6 +275,11 @@ def domain_auc(
 ) -> float:
     """Cross-validated ROC AUC of a classifier telling ``current`` rows from ``reference``
     rows (see the module docstring); needs ``folds`` rows on each side."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     rng = np.random.default_rng(seed)
     n = min(len(reference), len(current))
     if n < folds:
@@ -281,18 +289,10 @@ def domain_auc(
         for side in (reference, current)
     ]
     x = np.vstack(sides).astype(np.float64)
-    y = np.repeat([0.0, 1.0], n)
-    fold = np.empty(2 * n, dtype=np.int64)  # stratified: each side dealt round the folds
-    for start in (0, n):
-        fold[start + rng.permutation(n)] = np.arange(n) % folds
-    aucs = []
-    for k in range(folds):
-        test = fold == k
-        mean, std = x[~test].mean(axis=0), x[~test].std(axis=0)
-        std[std == 0] = 1.0
-        w = fit_logistic((x[~test] - mean) / std, y[~test])
-        aucs.append(roc_auc(y[test], (x[test] - mean) / std @ w[1:] + w[0]))
-    return float(np.mean(aucs))
+    y = np.repeat([0, 1], n)
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return float(np.mean(cross_val_score(classifier, x, y, cv=split, scoring="roc_auc")))
 
 
 def auc_pvalue(auc: float, n: int) -> float:
@@ -304,38 +304,6 @@ def auc_pvalue(auc: float, n: int) -> float:
         return 1.0
     z = (auc - 0.5) / math.sqrt((2 * n + 1) / (12.0 * n * n))
     return float(ndtr(-z))
-
-
-def fit_logistic(
-    x: np.ndarray, y: np.ndarray, *, c: float = 1.0, steps: int = 50, tol: float = 1e-8
-) -> np.ndarray:
-    """Intercept then weights of an L2-penalised logistic regression (scikit-learn's
-    ``LogisticRegression(C=c)``: ``0.5·|w|² + c·log-loss``, the intercept not penalised)."""
-    a = np.hstack([np.ones((len(x), 1)), x])
-    w = np.zeros(a.shape[1])
-    penalty = np.full(a.shape[1], 1.0 / c)
-    penalty[0] = 0.0
-    for _ in range(steps):
-        p = 1.0 / (1.0 + np.exp(-(a @ w)))
-        grad = a.T @ (p - y) + penalty * w
-        hess = (a.T * (p * (1.0 - p))) @ a + np.diag(penalty) + 1e-10 * np.eye(len(w))
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if float(np.abs(step).max()) < tol:
-            break
-    return w
-
-
-def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve of ``scores`` for the labels ``y`` (1 positive, 0 not);
-    ties count one half."""
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
-    positive = y == 1
-    n1, n0 = int(positive.sum()), int((~positive).sum())
-    if not n1 or not n0:
-        return 0.5
-    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
 # -- reading a model folder -------------------------------------------------------------------

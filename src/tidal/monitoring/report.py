@@ -210,15 +210,29 @@ def _nice_max(value: float) -> float:
     return 10 * power
 
 
+def axis_ticks(ymax: float, most: int = 6) -> list[tuple[float, str]]:
+    """Ticks from 0 to ``ymax`` at a round step (1, 2, 2.5 or 5 × 10^k), at most ``most``
+    intervals, each label with just the decimals the step needs: never 0.1, 0.1, 0.2, 0.2."""
+    if ymax <= 0:
+        return [(0.0, "0")]
+    power = 10 ** math.floor(math.log10(ymax / most))
+    step = next(
+        (m * power for m in (1, 2, 2.5, 5, 10, 20) if ymax / (m * power) <= most + 1e-9),
+        ymax,
+    )
+    decimals = next((d for d in range(10) if abs(round(step, d) - step) < step * 1e-6), 9)
+    count = math.floor(ymax / step + 1e-9)
+    return [(i * step, f"{i * step:.{decimals}f}") for i in range(count + 1)]
+
+
 def _y_axis(
-    left: float, top: float, bottom: float, right: float, ymax: float, label: str, fmt: str
+    left: float, top: float, bottom: float, right: float, ymax: float, label: str
 ) -> list[str]:
     out = []
-    for i in range(6):
-        value = ymax * i / 5
-        y = bottom - (bottom - top) * i / 5
+    for value, text in axis_ticks(ymax):
+        y = bottom - (bottom - top) * value / ymax
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#e3e3e3"/>')
-        out.append(_text(left - 8, y + 4, format(value, fmt), size=11, anchor="end"))
+        out.append(_text(left - 8, y + 4, text, size=11, anchor="end"))
     out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#444"/>')
     out.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#444"/>')
     out.append(_text(18, (top + bottom) / 2, label, size=12, rotate=-90))
@@ -264,7 +278,7 @@ def distribution_svg(feature: dict[str, Any], version: str) -> str:
                 (f"current window ({feature['samples']} values)", CURRENT_COLOUR, "bar"),
             ],
         ),
-        *_y_axis(left, top, bottom, right, ymax, "share of rows (%)", ".0f"),
+        *_y_axis(left, top, bottom, right, ymax, "share of rows (%)"),
     ]
     slot = (right - left) / max(1, len(labels))
     bar = min(28.0, slot * 0.38)
@@ -297,7 +311,6 @@ def line_svg(
     *,
     ymax: float | None = None,
     threshold: tuple[float, str] | None = None,
-    fmt: str = ".2f",
 ) -> str:
     """Values per window over time, one point per window; an optional threshold line."""
     left, right, top, bottom, height = 70, WIDTH - 30, 84, 290, 350
@@ -312,7 +325,7 @@ def line_svg(
     body = [
         _text(WIDTH / 2, 24, title, size=16, weight="bold"),
         *_legend(left, 48, legend),
-        *_y_axis(left, top, bottom, right, ymax, ylabel, fmt),
+        *_y_axis(left, top, bottom, right, ymax, ylabel),
     ]
     span = times[-1] - times[0] if times else 0.0
     pad = 70.0
@@ -472,7 +485,6 @@ def write_report(ws: Workspace, out: Path, *, now: float | None = None) -> dict[
             "PSI (unitless)",
             drift,
             threshold=(threshold, f"drift threshold PSI {threshold:g}"),
-            fmt=".1f",
         )
         if drift
         else _no_data("Drift over time", "no stored window with numeric or text features yet")
@@ -499,7 +511,6 @@ def write_report(ws: Workspace, out: Path, *, now: float | None = None) -> dict[
             "accuracy, macro-F1 (%)",
             accuracy,
             ymax=100.0,
-            fmt=".0f",
         )
         if accuracy
         else _no_data(
@@ -524,7 +535,7 @@ def write_report(ws: Workspace, out: Path, *, now: float | None = None) -> dict[
         )
     drawn["latency"] = bool(lat)
     figures.append(
-        line_svg("Latency per window (captured requests)", "latency (ms)", lat, fmt=".0f")
+        line_svg("Latency per window (captured requests)", "latency (ms)", lat)
         if lat
         else _no_data("Latency over time", "no captured request with latency_ms yet")
     )
