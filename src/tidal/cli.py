@@ -323,6 +323,13 @@ def _print_record(record: dict[str, Any]) -> None:
         out.print(f"  - {reason}", highlight=False)
     if record.get("quarantine"):
         out.print(f"  moved to {record['quarantine']}", highlight=False)
+    if record.get("rollout"):
+        rollout = record["rollout"]
+        out.print(
+            f"  rollout {rollout['id']} ({rollout['strategy']}) started: the champion stays "
+            "until it completes ('tidal rollout status')",
+            highlight=False,
+        )
     out.print(f"  {record.get('seconds', 0):.2f} s", highlight=False)
 
 

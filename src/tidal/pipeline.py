@@ -502,6 +502,9 @@ def execute(
         )
         record["resumed_from_stage"] = resumed_from
         record["resumed_from_step"] = outputs[Step.TRAIN.value].get("resumed_from_step")
+        deploy = outputs.get(Step.DEPLOY.value) or {}
+        if deploy.get("rollout_id") is not None:
+            record["rollout"] = {"id": deploy["rollout_id"], "strategy": deploy.get("strategy")}
         state.finish(run.id, decision=record["decision"], record=record)
         state.event(
             f"run.{record['decision']}",
@@ -618,6 +621,13 @@ def build_record(
 
 def _summary(record: dict[str, Any]) -> str:
     decision = record["decision"]
+    if decision == Decision.PROMOTED and record.get("rollout"):
+        rollout = record["rollout"]
+        return (
+            f"run {record['run_id']}: v{record['version']} passed the gate; rollout "
+            f"{rollout['id']} ({rollout['strategy']}) started, v{record['champion']} serves "
+            "until it completes"
+        )
     if decision == Decision.PROMOTED:
         return f"run {record['run_id']}: v{record['version']} promoted and deployed"
     if decision == Decision.REJECTED:

@@ -20,6 +20,7 @@ from tidal.workspace import Workspace
 from toy import register_toy_model
 
 KEY, KEY_HASH = new_key()
+FEEDBACK_KEY, FEEDBACK_HASH = new_key()
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "  header_timeout_s: 2\n"
         "  body_timeout_s: 2\n"
         f"  api_keys: ['{KEY_HASH}']\n"
+        f"  feedback_keys: ['{FEEDBACK_HASH}']\n"
     )
     ws = Workspace.open(home)
     promote(ws, register_toy_model(ws, 1, "good"), reason="first")
@@ -160,3 +162,18 @@ def test_slow_clients_do_not_starve_ordinary_requests(endpoint: str, body: bool)
         assert slow.closed_by_server == 60
         assert all(b" 408 " in answer.split(b"\r\n", 1)[0] for answer in slow.answers if answer)
         assert any(slow.answers)
+
+
+def test_a_feedback_body_that_never_arrives_is_cut_off_with_408(endpoint: str) -> None:
+    host, port = endpoint.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + FEEDBACK_KEY.encode() + b"\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        answer = sock.recv(4096)
+    assert b" 408 " in answer.split(b"\r\n", 1)[0], answer[:200]
+    assert b"serving.body_timeout_s" in answer
+    assert time.monotonic() - started < 6  # body_timeout_s is 2

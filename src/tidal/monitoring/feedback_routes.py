@@ -18,6 +18,7 @@ key may send ``serving.feedback_rate_per_min`` labels a minute (a token bucket p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -95,7 +96,7 @@ def feedback_routes(
 
     async def post(request: Request) -> Response:
         key = sender(request)
-        items = _items(await _read(request))
+        items = _items(await _read(request, config.body_timeout_s))
         if not items:
             raise Problem(422, "invalid_input", f"no labels in the request; {SHAPE}")
         if len(items) > MAX_LABELS:
@@ -193,7 +194,25 @@ def _check_ids(items: list[Any]) -> None:
         )
 
 
-async def _read(request: Request) -> bytes:
+async def _read(request: Request, timeout_s: float) -> bytes:
+    """The body, at most MAX_BYTES, within ``timeout_s`` (408 after: a slow client holds
+    nothing for long)."""
+    from tidal.serving.gateway import Problem
+
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_all(request)
+    except TimeoutError:
+        raise Problem(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within serving.body_timeout_s = {timeout_s:g} s; "
+            "send it at once (and fewer labels per request on a slow link)",
+            headers={"Connection": "close"},
+        ) from None
+
+
+async def _read_all(request: Request) -> bytes:
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_BYTES:
         raise _too_large(int(size))

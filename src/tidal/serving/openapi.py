@@ -253,9 +253,10 @@ def _operations_paths() -> dict[str, Any]:
                 "Late true labels for earlier predictions, by inference id",
                 {
                     "202": _json_response("the labels were stored", "FeedbackAccepted"),
-                    **_errors(400, 401, 403, 413, 422, 503),
+                    **_errors(400, 401, 403, 408, 413, 422, 429, 503),
                 },
                 body={"application/json": {"schema": _ref("FeedbackBody")}},
+                security=[{"feedbackKey": []}],
             )
         },
         "/admin/workers": {
