@@ -148,7 +148,12 @@ def gone(pids: list[int], within_s: float) -> bool:
 
 def test_scales_to_zero_and_a_cold_request_is_held_not_refused(endpoint: Endpoint) -> None:
     assert endpoint.workers() == []  # idle from the start: nothing loaded
-    assert endpoint.http.get("/ping").status_code == 200  # ready: a request will start one
+    # ready once the launcher has imported its libraries: a request will start a worker fast
+    deadline = time.monotonic() + 30
+    while endpoint.http.get("/ping").status_code != 200:
+        assert time.monotonic() < deadline, "/ping never answered 200"
+        time.sleep(0.05)
+    assert endpoint.workers() == []
     started = time.perf_counter()
     first = endpoint.predict(5)
     cold = time.perf_counter() - started
