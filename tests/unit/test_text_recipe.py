@@ -48,7 +48,17 @@ def recipe(base: Path, **params: Any) -> Any:
     from tidal.training.recipes.text import TextRecipe
 
     made = TextRecipe(
-        {"base_model": str(base), "batch_size": 16, "learning_rate": 3e-3, "progress_every_s": 0}
+        # the settings the adaptive defaults would choose are pinned here; the tests of the
+        # adaptive plan (further down) pass "auto" and a validation split themselves
+        {
+            "base_model": str(base),
+            "batch_size": 16,
+            "learning_rate": 3e-3,
+            "progress_every_s": 0,
+            "epochs": 1,
+            "max_length": 128,
+            "validation_split": 0,
+        }
         | params,
         features=FEATURES,
         label_column="verdict",
