@@ -281,3 +281,18 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
 def test_every_example_names_a_known_task() -> None:
     assert {e.task for e in EXAMPLES.values()} <= {"tabular", "text"}
     assert EXAMPLES["sentiment"].text_column == "text"
+
+
+@needs_corpus
+def test_text_sources_is_multiclass_imbalanced_distinct_and_deterministic() -> None:
+    from tidal.examples import TEXT_SOURCES, text_sources_frame
+
+    frame = text_sources_frame()
+    counts = frame["source"].value_counts()
+    assert len(frame) == 1600 and len(counts) == 8
+    assert counts.to_dict() == TEXT_SOURCES
+    assert counts.max() / len(frame) == 0.5  # the largest class holds half the rows
+    assert counts.min() / len(frame) < 0.01  # the smallest under 1%
+    assert frame["text"].is_unique and (frame["text"].str.len() >= 20).all()
+    assert frame.equals(text_sources_frame())
+    assert not frame.equals(text_sources_frame(seed=1))

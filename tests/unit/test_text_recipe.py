@@ -366,3 +366,17 @@ def test_a_resealed_checkpoint_with_a_code_payload_is_never_resumed(
     assert "weights_only=True" in refused["reason"]
     assert [e for e in events if e["event"] == "resumed"] == []  # started anew instead
     assert "resumed_from_step" not in metrics and metrics["steps"] == 8
+
+
+def test_the_sentiment_examples_settings_train_exactly_as_before(tiny_bert: Path) -> None:
+    """Its pinned settings (one epoch, 64 tokens) on balanced rows: no weights, no split."""
+    from tidal.examples import EXAMPLES
+    from tidal.training.recipes.text import TextRecipe
+
+    params = {"base_model": str(tiny_bert)} | EXAMPLES["sentiment"].training["params"]
+    made = TextRecipe(params, features=FEATURES, label_column="verdict", labels=LABELS)
+    made.setup()
+    train = reviews(2000, 11)
+    plan, fit, valid = made.plan(train, seed=42)
+    assert (plan.epochs, plan.max_length, plan.class_weights) == (1, 64, None)
+    assert (fit, valid, plan.valid_rows) == (list(range(2000)), [], 0)

@@ -187,11 +187,14 @@ def check_loadable(path: Path) -> None:
 
 
 def _load_weights_only(file: Path) -> None:
+    import importlib
+
     import numpy as np
     import torch
 
     # the RNG state holds numpy arrays: allow exactly the globals that rebuild them
-    allowed = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    rebuild = importlib.import_module("numpy._core.multiarray")._reconstruct
+    allowed = [rebuild, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     with torch.serialization.safe_globals(allowed):
         torch.load(file, map_location="cpu", weights_only=True)
 

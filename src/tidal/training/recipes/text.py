@@ -166,7 +166,7 @@ class TextRecipe(Recipe):
             float(s["validation_split"] or 0.0),
             evaluations=self.evaluations(epochs, len(labels)),
         )
-        fit_pos, valid_pos = list(range(len(labels))), []
+        fit_pos, valid_pos = list(range(len(labels))), list[int]()
         if valid_rows and s["early_stopping_patience"]:
             fit_pos, valid_pos = text_plan.stratified_split(labels, valid_rows, seed)
             epochs = epochs_for(len(fit_pos))
@@ -353,9 +353,9 @@ class TextRecipe(Recipe):
             if resumed_from is not None:
                 metrics["resumed_from_step"] = float(resumed_from)
             if test_set is not None:  # the pipeline's test split: reported, never selected on
-                predicted = trainer.predict(test_set)  # type: ignore[arg-type]
+                scores = trainer.predict(test_set).metrics or {}  # type: ignore[arg-type]
                 for key in ("accuracy", BEST_METRIC, "loss"):
-                    metrics[f"valid_{key}"] = float(predicted.metrics[f"test_{key}"])
+                    metrics[f"valid_{key}"] = float(scores[f"test_{key}"])
             model_dir.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(model_dir)
             self.tokenizer.model_max_length = plan.max_length
