@@ -42,18 +42,13 @@ RATIO_GOAL = 0.95
 OVERHEAD_GOAL = 0.05
 DEFAULT_EVERY_STEPS = 200
 DEFAULT_EVERY_S = 300.0
-# the recipe's own defaults, so both sides train with the same hyperparameters
+# the recipe's own defaults, so both sides train with the same hyperparameters; the settings
+# the recipe adapts to the data (epochs, max_length, ...) are pinned to one epoch at 128 tokens
 HYPER = {
     key: TEXT_DEFAULTS[key]
-    for key in (
-        "learning_rate",
-        "epochs",
-        "batch_size",
-        "max_length",
-        "weight_decay",
-        "warmup_ratio",
-    )
-}
+    for key in ("learning_rate", "batch_size", "weight_decay", "warmup_ratio")
+} | {"epochs": 1, "max_length": 128}
+PINNED = {"class_weight": "none", "validation_split": 0, "time_budget_s": None}
 
 BARE = """
 import json, sys, time
@@ -149,7 +144,7 @@ def run_tidal(
         },
         hyperparameters={
             "recipe": "text",
-            "params": {"base_model": base, **HYPER},
+            "params": {"base_model": base, **HYPER, **PINNED},
             "seed": 42,
             "schema": {
                 "features": [{"name": "text", "type": "string"}],

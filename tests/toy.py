@@ -79,6 +79,17 @@ def make_tiny_bert(folder: Path) -> Path:
     return folder
 
 
+class Payload:
+    """Unpickled without restriction, it creates ``path``: a stand-in for any code at all
+    (the checkpoint tests plant it in a Trainer state file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[Path]]:
+        return (Path.touch, (self.path,))
+
+
 if __name__ == "__main__":
     make_tiny_bert(Path(sys.argv[1]))
 

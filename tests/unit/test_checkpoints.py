@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+import toy
 from tidal.errors import NotFound
 from tidal.storage import Store
 from tidal.training import checkpoints
@@ -216,3 +218,93 @@ def test_uploader_mirrors_the_newest_checkpoint(tmp_path: Path, store: Recording
     assert uploader.stop() == 40
     assert checkpoints.remote_complete(store, "ck") == [30, 40]
     assert uploader.uploaded == [10, 30, 40]
+
+
+# -- pickle-format state: sealed sha256 first, then weights_only ----------------------------
+
+
+def torch_state(step: int):
+    """A checkpoint as the Trainer writes it: weights, optimizer, scheduler, numpy RNG."""
+
+    def write(folder: Path) -> None:
+        import numpy as np
+        import torch
+
+        (folder / "model.safetensors").write_bytes(b"weights-%d" % step)
+        torch.save(
+            {"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": []}, folder / "optimizer.pt"
+        )
+        torch.save({"last_epoch": step, "_last_lr": [1e-4]}, folder / "scheduler.pt")
+        torch.save(
+            {"python": (3, (1, 2), None), "numpy": np.random.get_state()}, folder / "rng_state.pth"
+        )
+
+    return write
+
+
+def plant(path: Path, canary: Path, *, as_zip: bool) -> None:
+    """Replace the checkpoint's optimizer.pt with a payload that would create ``canary``."""
+    import pickle
+
+    import torch
+
+    if as_zip:
+        torch.save(toy.Payload(canary), path / "optimizer.pt")
+    else:
+        (path / "optimizer.pt").write_bytes(pickle.dumps(toy.Payload(canary)))
+
+
+def test_real_trainer_state_is_loadable(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    path = checkpoints.write(tmp_path, 10, torch_state(10))
+    checkpoints.check_loadable(path)
+    assert checkpoints.latest_loadable(tmp_path) == path
+
+
+@pytest.mark.parametrize("as_zip", [True, False], ids=["torch.save", "raw pickle"])
+def test_a_code_payload_is_refused_by_sha_and_when_resealed_by_weights_only(
+    tmp_path: Path, as_zip: bool
+) -> None:
+    torch = pytest.importorskip("torch")
+    canary = tmp_path / "payload-ran"
+    folder = tmp_path / "ck"
+    older = checkpoints.write(folder, 10, torch_state(10))
+    newest = checkpoints.write(folder, 20, torch_state(20))
+
+    # the payload is live: an unrestricted load would run it
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    plant(probe, tmp_path / "probe-ran", as_zip=as_zip)
+    with contextlib.suppress(RuntimeError):  # a raw pickle runs, then fails torch's magic
+        torch.load(probe / "optimizer.pt", weights_only=False)
+    assert (tmp_path / "probe-ran").exists()
+
+    # 1. swapped in after sealing: its sha256 no longer matches the marker
+    plant(newest, canary, as_zip=as_zip)
+    with pytest.raises(checkpoints.UnsafeCheckpoint, match="sha256"):
+        checkpoints.check_loadable(newest)
+    refused: list[dict[str, str]] = []
+    assert checkpoints.latest_loadable(folder, refused.append) == older
+    assert refused[0]["event"] == "checkpoint_refused"
+    assert refused[0]["checkpoint"] == str(newest)
+
+    # 2. resealed with a marker that lists the payload's own sha256: weights_only refuses it
+    staged = folder / "restaged"
+    shutil.copytree(newest, staged)
+    (staged / MARKER).unlink()
+    resealed = checkpoints.seal(staged, folder, 20)
+    assert checkpoints.verify(resealed)  # the hashes match now
+    with pytest.raises(checkpoints.UnsafeCheckpoint, match="weights_only=True"):
+        checkpoints.check_loadable(resealed)
+    refused.clear()
+    assert checkpoints.latest_loadable(folder, refused.append) == older
+    assert "weights_only=True" in refused[0]["reason"]
+    assert not canary.exists()
+
+
+def test_an_unlisted_pickle_file_is_refused(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    path = checkpoints.write(tmp_path, 10, torch_state(10))
+    torch.save({"scale": 1.0}, path / "scaler.pt")  # harmless content, but never sealed
+    with pytest.raises(checkpoints.UnsafeCheckpoint, match=r"scaler\.pt does not match"):
+        checkpoints.check_loadable(path)

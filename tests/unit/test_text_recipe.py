@@ -48,7 +48,17 @@ def recipe(base: Path, **params: Any) -> Any:
     from tidal.training.recipes.text import TextRecipe
 
     made = TextRecipe(
-        {"base_model": str(base), "batch_size": 16, "learning_rate": 3e-3, "progress_every_s": 0}
+        # the settings the adaptive defaults would choose are pinned here; the tests of the
+        # adaptive plan (further down) pass "auto" and a validation split themselves
+        {
+            "base_model": str(base),
+            "batch_size": 16,
+            "learning_rate": 3e-3,
+            "progress_every_s": 0,
+            "epochs": 1,
+            "max_length": 128,
+            "validation_split": 0,
+        }
         | params,
         features=FEATURES,
         label_column="verdict",
@@ -219,3 +229,154 @@ def test_the_recipe_needs_one_text_feature(tiny_bert: Path) -> None:
     )
     with pytest.raises(UsageError, match="exactly one text column"):
         made.setup()
+
+
+# -- the adaptive plan, on the tiny BERT ------------------------------------------------------
+
+
+def imbalanced(n: int, seed: int) -> Any:
+    """Reviews with about one 'bad' for every six 'good'."""
+    frame = reviews(n, seed)
+    bad = frame[frame["verdict"] == "bad"]
+    return pd_concat(frame[frame["verdict"] == "good"], bad.iloc[: len(bad) // 6], seed)
+
+
+def pd_concat(a: Any, b: Any, seed: int) -> Any:
+    import pandas as pd
+
+    return pd.concat([a, b]).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def test_auto_settings_follow_the_data_and_early_stopping_fires(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    from tidal.training.recipes import text_plan
+
+    train = imbalanced(480, 8)
+    events: list[dict[str, Any]] = []
+    made = recipe(
+        tiny_bert,
+        epochs="auto",
+        max_length="auto",
+        class_weight="auto",
+        validation_split=0.1,
+        early_stopping_patience=1,
+    )
+    ctx = TrainContext(seed=5, report=events.append, extra={"threads": 1})
+    metrics = made.fit(train, reviews(40, 9), tmp_path / "model", ctx)
+    (plan,) = [e for e in events if e["event"] == "plan"]
+
+    # validation: a stratified tenth of the training rows, chosen with the job's seed
+    labels = made.class_ids(train)
+    fit, valid = text_plan.stratified_split(labels, round(0.1 * len(train)), seed=5)
+    assert plan["valid_rows"] == len(valid) == metrics["early_stopping_rows"] > 0
+    # epochs from the size of what is left to train on
+    assert plan["epochs"] == text_plan.choose_epochs(len(fit), 16)[0] == 10
+    # class weights: balanced over the rows trained on
+    fit_labels = [labels[i] for i in fit]
+    assert plan["class_weights"] == pytest.approx(text_plan.balanced_weights(fit_labels, [0, 1]))
+    assert plan["class_weights"][0] > 3 * plan["class_weights"][1]  # 'bad' is rare
+    assert metrics["class_weighted"] == 1.0
+    # max_length: from the token lengths of the short toy reviews, not the old 128
+    texts = made.texts(train.iloc[fit])
+    lengths = [len(ids) for ids in made.tokenizer(texts)["input_ids"]]
+    assert plan["max_length"] == text_plan.choose_max_length(lengths, 128)[0] < 64
+    saved = json.loads((tmp_path / "model" / "tokenizer_config.json").read_text())
+    assert saved["model_max_length"] == plan["max_length"]
+    # early stopping on macro-F1 fired: fewer steps than planned, best weights kept
+    evaluations = [e for e in events if e["event"] == "evaluation"]
+    assert metrics["early_stopped"] == 1.0
+    assert metrics["steps"] < metrics["planned_steps"]
+    assert 2 <= len(evaluations) < plan["epochs"]
+    best = max(e["macro_f1"] for e in evaluations)
+    assert metrics["early_stopping_macro_f1"] == best
+    assert evaluations[-1]["macro_f1"] <= best  # the last did not improve: that stopped it
+    # the test split is reported, never selected on
+    assert 0.0 <= metrics["valid_macro_f1"] <= 1.0
+
+
+def test_the_time_budget_ends_training(tiny_bert: Path, tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+    ctx = TrainContext(seed=5, report=events.append, extra={"threads": 1})
+    made = recipe(tiny_bert, epochs=40, time_budget_s=1.5)
+    metrics = made.fit(reviews(320, 10), None, tmp_path / "model", ctx)
+    assert metrics["budget_exhausted"] == 1.0 and metrics["early_stopped"] == 0.0
+    assert 0 < metrics["steps"] < metrics["planned_steps"] == 40 * 20
+    assert metrics["train_runtime"] < 1.5 + 1.0  # the budget, and at most about a step more
+    (budget,) = [e for e in events if e["event"] == "budget"]
+    assert budget["elapsed_s"] <= 1.5
+    assert (tmp_path / "model" / "model.safetensors").is_file()  # a model all the same
+
+
+def test_the_weighted_loss_is_cross_entropy_weighted_by_class() -> None:
+    import torch
+
+    from tidal.training.recipes.text import _weighted_loss
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    loss = _weighted_loss([1.0, 3.0])({"logits": logits}, labels)
+    each = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (each[0] * 1 + each[1] * 3 + each[2] * 3) / 7
+    assert float(loss) == pytest.approx(float(expected))
+    assert _weighted_loss(None) is None  # balanced data: the model's own loss
+
+
+def test_bad_settings_are_refused_with_the_allowed_values(tiny_bert: Path) -> None:
+    with pytest.raises(UsageError, match="epochs is 0"):
+        recipe(tiny_bert, epochs=0)
+    with pytest.raises(UsageError, match="time_budget_s"):
+        recipe(tiny_bert, time_budget_s=-5)
+
+
+def test_a_resealed_checkpoint_with_a_code_payload_is_never_resumed(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    train = reviews(120, 4)
+    policy = {"checkpoint": {"every_steps": 3, "every_s": 3600, "keep": 2}, "threads": 1}
+    folder = tmp_path / "ck"
+    stop = {"now": True}
+    events: list[dict[str, Any]] = []
+
+    def ctx() -> TrainContext:
+        return TrainContext(
+            seed=3,
+            checkpoint_dir=folder,
+            report=events.append,
+            stop_requested=lambda: stop["now"],
+            extra=dict(policy),
+        )
+
+    with pytest.raises(RetryableError):
+        recipe(tiny_bert).fit(train, None, tmp_path / "m1", ctx())
+    path = checkpoints.latest_complete(folder)
+    assert path is not None
+    canary = tmp_path / "payload-ran"
+    torch.save(toy.Payload(canary), path / "optimizer.pt")
+    (path / checkpoints.MARKER).unlink()
+    staged = path.rename(folder / "again")
+    checkpoints.seal(staged, folder, checkpoints.step_of(path.name) or 0)  # a matching marker
+    stop["now"] = False
+    events.clear()
+    metrics = recipe(tiny_bert).fit(train, None, tmp_path / "m2", ctx())
+    assert not canary.exists()
+    (refused,) = [e for e in events if e["event"] == "checkpoint_refused"]
+    assert "weights_only=True" in refused["reason"]
+    assert [e for e in events if e["event"] == "resumed"] == []  # started anew instead
+    assert "resumed_from_step" not in metrics and metrics["steps"] == 8
+
+
+def test_the_sentiment_examples_settings_train_exactly_as_before(tiny_bert: Path) -> None:
+    """Its pinned settings (one epoch, 64 tokens) on balanced rows: no weights, no split."""
+    from tidal.examples import EXAMPLES
+    from tidal.training.recipes.text import TextRecipe
+
+    params = {"base_model": str(tiny_bert)} | EXAMPLES["sentiment"].training["params"]
+    made = TextRecipe(params, features=FEATURES, label_column="verdict", labels=LABELS)
+    made.setup()
+    train = reviews(2000, 11)
+    plan, fit, valid = made.plan(train, seed=42)
+    assert (plan.epochs, plan.max_length, plan.class_weights) == (1, 64, None)
+    assert (fit, valid, plan.valid_rows) == (list(range(2000)), [], 0)

