@@ -233,3 +233,27 @@ def traffic_rows(n: int, seed: int, shift: float = 0.0) -> list[dict[str, Any]]:
 
 def traffic_answers(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"label": "high" if r["x"] > 0 else "low", "score": 0.9} for r in batch]
+
+
+SLOW_IMPORTS = """
+import sys, time
+
+
+class SlowArtifact:  # the launcher's first import of tidal.artifact (its preload) is slow
+    def find_spec(self, name, path=None, target=None):
+        if name == "tidal.artifact" and "tidal.serving.launcher" in sys.orig_argv:
+            sys.meta_path.remove(self)
+            time.sleep(SECONDS)
+        return None
+
+
+sys.meta_path.insert(0, SlowArtifact())
+"""
+
+
+def slow_launcher_site(folder: Path, seconds: float) -> Path:
+    """A folder for PYTHONPATH whose sitecustomize makes a worker launcher's preload take
+    ``seconds`` longer (a launcher still importing, deterministically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(SLOW_IMPORTS.replace("SECONDS", repr(seconds)))
+    return folder

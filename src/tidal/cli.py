@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from tidal.cli_help import readable_help
 from tidal.errors import EXIT_INVALID_DATA, EXIT_REJECTED, EXIT_RETRY, TidalError, UsageError
 
 app = typer.Typer(
@@ -50,63 +50,6 @@ WS_OPT: Any = typer.Option(
     metavar="DIR",
     help="Workspace folder (default: nearest tidal.yaml).",
 )
-
-
-# -- help: a flag shows no type, a value a word (FILE, N) instead of Typer's <bool>/<str> ---------
-
-VALUE_NAMES = {"int": "N", "float": "NUMBER", "Path": "PATH", "str": "TEXT"}
-OPTION_VALUES = {  # by parameter name, where the name says more than the type
-    "api_key": "KEY",
-    "file": "FILE",
-    "host": "HOST",
-    "model_dir": "DIR",
-    "out_path": "FILE",
-    "port": "PORT",
-    "strategy": "NAME",
-    "url": "URL",
-}
-
-
-def _no_type(ctx: Any) -> None:
-    return None
-
-
-def _readable(params: list[Any]) -> list[Any]:
-    for param in params:
-        if isinstance(param, TyperArgument):
-            if param.metavar is None:
-                param.metavar = (param.name or "value").upper()  # tidal rollout start VERSION
-            param.display_type_rich = _no_type  # type: ignore[method-assign]  # no <str> beside
-        if isinstance(param, TyperOption) and param.metavar is None:
-            if param.is_flag or param.count:
-                param.metavar = ""  # --force, --json, --help: nothing follows them
-            elif param.name in OPTION_VALUES:
-                param.metavar = OPTION_VALUES[param.name]
-            else:
-                name = param.bare_type()
-                param.metavar = VALUE_NAMES.get(name, name.upper())
-    return params
-
-
-class ReadableCommand(TyperCommand):
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _readable(super().get_params(ctx))
-
-
-class ReadableGroup(TyperGroup):
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _readable(super().get_params(ctx))
-
-
-def readable_help(typer_app: typer.Typer) -> None:
-    """Give every command and group of ``typer_app`` (and its sub-apps) readable help."""
-    for command in typer_app.registered_commands:
-        if command.cls in (None, TyperCommand):
-            command.cls = ReadableCommand
-    typer_app.info.cls = ReadableGroup
-    for group in typer_app.registered_groups:
-        if group.typer_instance is not None:
-            readable_help(group.typer_instance)
 
 
 def _show_version(value: bool) -> None:
@@ -710,6 +653,7 @@ def _predict_http(
 @reported
 def status(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
     """The champion, the endpoint, the queue, the polling cursor, recent runs and events."""
+    from tidal.overview import clock, cursor_line, queue_line
     from tidal.overview import status as get_status
 
     data = get_status(_workspace(workspace))
@@ -769,33 +713,8 @@ def status(workspace: Path | None = WS_OPT, as_json: bool = JSON_OPT) -> None:
         out.print("events")
         for event in data["events"]:
             out.print(
-                f"  {_clock(event['ts'])}  {event['kind']:<18} {event['message']}", highlight=False
+                f"  {clock(event['ts'])}  {event['kind']:<18} {event['message']}", highlight=False
             )
-
-
-QUEUE_ORDER = ("queued", "running", "done", "failed")
-
-
-def queue_line(counts: dict[str, int]) -> str:
-    """``{'done': 3, 'queued': 1}`` as ``1 queued, 3 done``; ``empty`` when there are no runs."""
-    known = [s for s in QUEUE_ORDER if counts.get(s)]
-    other = sorted(s for s in counts if s not in QUEUE_ORDER and counts[s])
-    return ", ".join(f"{counts[s]} {s}" for s in [*known, *other]) or "empty"
-
-
-def cursor_line(cursor: dict[str, Any] | None) -> str:
-    """Where the poll of incoming/ stands: the newest file it picked up, and that file's time."""
-    if not cursor:
-        return "nothing picked up from incoming/ yet"
-    return f"{cursor.get('key')} (modified {_clock(cursor.get('mtime'))})"
-
-
-def _clock(ts: Any) -> str:
-    import datetime as dt
-
-    if not isinstance(ts, int | float):
-        return "?"
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @models_app.command("list")

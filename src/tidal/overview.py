@@ -168,3 +168,31 @@ def show_model(ws: Workspace, version: str) -> dict[str, Any]:
             "deployments": deployments,
         },
     }
+
+
+# -- one-line readings for 'tidal status' ------------------------------------------------------
+
+
+QUEUE_ORDER = ("queued", "running", "done", "failed")
+
+
+def queue_line(counts: dict[str, int]) -> str:
+    """``{'done': 3, 'queued': 1}`` as ``1 queued, 3 done``; ``empty`` when there are no runs."""
+    known = [s for s in QUEUE_ORDER if counts.get(s)]
+    other = sorted(s for s in counts if s not in QUEUE_ORDER and counts[s])
+    return ", ".join(f"{counts[s]} {s}" for s in [*known, *other]) or "empty"
+
+
+def cursor_line(cursor: dict[str, Any] | None) -> str:
+    """Where the poll of incoming/ stands: the newest file it picked up, and that file's time."""
+    if not cursor:
+        return "nothing picked up from incoming/ yet"
+    return f"{cursor.get('key')} (modified {clock(cursor.get('mtime'))})"
+
+
+def clock(ts: Any) -> str:
+    import datetime as dt
+
+    if not isinstance(ts, int | float):
+        return "?"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")

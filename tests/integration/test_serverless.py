@@ -26,6 +26,7 @@ from tidal.serving.runtime import Runtime
 from tidal.serving.server import BackgroundServer
 from tidal.serving.slot import ModelSlot, SingleVariantRouter
 from tidal.state import State
+from toy import slow_launcher_site
 
 KEY, KEY_HASH = new_key()
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -326,28 +327,10 @@ def test_workers_are_added_under_load_and_removed_when_idle(endpoint: Endpoint) 
         time.sleep(0.05)
 
 
-SLOW_IMPORTS = """
-import sys, time
-
-
-class SlowArtifact:  # the launcher's first import of tidal.artifact (its preload) takes 2 s
-    def find_spec(self, name, path=None, target=None):
-        if name == "tidal.artifact" and "tidal.serving.launcher" in sys.orig_argv:
-            sys.meta_path.remove(self)
-            time.sleep(2)
-        return None
-
-
-sys.meta_path.insert(0, SlowArtifact())
-"""
-
-
 def test_ping_is_ready_only_once_a_request_pays_for_the_model_load_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SLOW_IMPORTS)
+    site = slow_launcher_site(tmp_path / "site", 2)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     config = ServingConfig(reload_interval_s=0.1)
     state = State(tmp_path / "state.db")

@@ -15,22 +15,7 @@ import pytest
 
 from tidal.deploy import promote
 from tidal.workspace import Workspace
-from toy import register_toy_model
-
-SLOW_IMPORTS = """
-import sys, time
-
-
-class SlowArtifact:  # the launcher's first import of tidal.artifact (its preload) takes 30 s
-    def find_spec(self, name, path=None, target=None):
-        if name == "tidal.artifact" and "tidal.serving.launcher" in sys.orig_argv:
-            sys.meta_path.remove(self)
-            time.sleep(30)
-        return None
-
-
-sys.meta_path.insert(0, SlowArtifact())
-"""
+from toy import register_toy_model, slow_launcher_site
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a parent death signal")
@@ -38,9 +23,7 @@ def test_kill_9_of_tidal_up_ends_its_launcher_within_seconds(tmp_path: Path) -> 
     (tmp_path / "tidal.yaml").write_text("project: toy\nserving:\n  port: 0\n")
     ws = Workspace.open(tmp_path)
     promote(ws, register_toy_model(ws, 1, "good"), reason="first")
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SLOW_IMPORTS)
+    site = slow_launcher_site(tmp_path / "site", 30)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
     log = tmp_path / "up.log"
     with log.open("w") as out:

@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 import tidal
-from tidal.cli import app, queue_line
+from tidal.cli import app
 from tidal.examples import init_workspace
+from tidal.overview import queue_line
 from tidal.triggers.polling import PollingSource
 from tidal.workspace import INCOMING, Workspace
 
