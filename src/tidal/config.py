@@ -111,12 +111,54 @@ class ValidationConfig(_Section):
     )
 
 
+class SageMakerTrainingConfig(_Section):
+    role_arn: str | None = Field(
+        None, description="IAM role the training job runs as (arn:aws:iam::ACCOUNT:role/NAME)."
+    )
+    image_uri: str | None = Field(
+        None, description="Training image (ECR URI) built from deploy/Dockerfile; run as 'train'."
+    )
+    instance_type: str = Field("ml.m5.large", description="Instance type of the training job.")
+    instance_count: int = Field(1, ge=1, le=100, description="Instances of the training job.")
+    volume_gb: int = Field(30, ge=1, le=16384, description="EBS volume of each instance, in GB.")
+    spot: bool = Field(True, description="Managed spot training (up to 90% cheaper, resumable).")
+    max_run_s: int = Field(
+        3600, ge=1, le=2419200, description="MaxRuntimeInSeconds: training longer is stopped."
+    )
+    max_wait_s: int | None = Field(
+        None,
+        ge=1,
+        le=2419200,
+        description="MaxWaitTimeInSeconds (spot only): training plus waiting for capacity; at "
+        "least max_run_s (default 2 × max_run_s).",
+    )
+    max_retries: int = Field(
+        2, ge=1, le=30, description="RetryStrategy.MaximumRetryAttempts of the training job."
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="Tags added to each training job (beside Tidal's own)."
+    )
+
+
 class TrainingConfig(_Section):
     recipe: Literal["tabular", "text", "script"] = Field(
         "tabular", description="Training recipe: tabular (scikit-learn), text, script."
     )
-    executor: Literal["local"] = Field(
-        "local", description="Where training runs: local (a subprocess)."
+    executor: Literal["local", "sagemaker-local", "sagemaker"] = Field(
+        "local",
+        description="Where training runs: local (a subprocess), sagemaker-local (the SageMaker "
+        "training container's entry point as a process under a relocated /opt/ml), sagemaker "
+        "(a SageMaker training job; settings under training.sagemaker).",
+    )
+    sagemaker: SageMakerTrainingConfig = Field(
+        default_factory=lambda: SageMakerTrainingConfig(),
+        description="SageMaker training jobs (training.executor: sagemaker).",
+    )
+    channel_format: Literal["jsonl", "csv", "csv_no_header_label_first", "parquet"] = Field(
+        "jsonl",
+        description="Format of the files a training job finds in its channels: jsonl, csv (with "
+        "a header), csv_no_header_label_first (as SageMaker's built-in algorithms expect), "
+        "parquet.",
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
@@ -193,6 +235,11 @@ class ServingConfig(_Section):
     )
     require_key_for_predict: bool = Field(
         False, description="Require an API key on prediction routes too (admin routes always do)."
+    )
+    trust_pickle: bool = Field(
+        False,
+        description="UNSAFE: load pickle/joblib models that your own training script wrote "
+        "(loading a pickle runs code). Recorded in each version's lineage; refused by default.",
     )
     feedback_keys: list[str] = Field(
         default_factory=list,
@@ -471,6 +518,31 @@ class ControllerConfig(_Section):
         2.0, gt=0, description="Wait before the second try of a run after a temporary error."
     )
     retry_max_s: float = Field(300.0, gt=0, description="Longest wait between two tries of a run.")
+    trigger: Literal["poll", "sqs"] = Field(
+        "poll",
+        description="How landed files are noticed: poll (list incoming/ every poll_interval_s) "
+        "or sqs (S3 or EventBridge events from controller.queue_url; incoming/ is still listed "
+        "every reconcile_s, so a lost event never loses a file).",
+    )
+    queue_url: str | None = Field(
+        None, description="SQS queue of S3/EventBridge events (controller.trigger: sqs)."
+    )
+    reconcile_s: float = Field(
+        900.0,
+        gt=0,
+        description="With event triggers, how often incoming/ is listed anyway, and waiting "
+        "training jobs are looked at, in case an event was lost.",
+    )
+    state_uri: str | None = Field(
+        None,
+        description="Where the controller's state lives: sqlite:///PATH (default "
+        ".tidal/state.db) or dynamodb://TABLE (on-demand table, created when missing).",
+    )
+    max_inline_mb: float = Field(
+        200.0,
+        gt=0,
+        description="Largest landed file the controller validates and prepares itself.",
+    )
 
 
 class AlertsConfig(_Section):

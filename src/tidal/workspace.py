@@ -137,9 +137,9 @@ class Workspace:
 
     @cached_property
     def executor(self) -> Executor:
-        from tidal.training.executors.local import LocalExecutor
+        from tidal.training.executors import build_executor
 
-        return LocalExecutor(self.store, self.path("jobs"))
+        return build_executor(self)
 
 
 def local_url(host: str, port: int) -> str:

@@ -16,7 +16,17 @@ Contract:
 
 Exit codes of the job: 0 success; 75 (tidal.errors.EXIT_RETRY) retryable, e.g. interrupted
 after a checkpoint; anything else a failure whose last log lines explain it.
-Backends: ``local`` (a subprocess) now; Ray and SageMaker Training Jobs fit the same calls.
+
+Detached backends (``detached = True``: a SageMaker training job) run without the process
+that submitted them, so a run need not wait for them in memory (a Lambda must not):
+    handle_doc(handle) -> dict     JSON that names the job, kept in the run's state
+    attach(spec, doc) -> JobHandle the handle again, in another process, from that JSON
+    describe(handle) -> JobInfo    status plus the backend's own detail (SageMaker's
+                                   SecondaryStatus, FailureReason, billable seconds)
+A run parks (``state.park``) while its job is pending or running, and is woken by the job's
+state-change event or a reconciliation tick; then ``collect`` returns at once.
+
+Backends are named in ``EXECUTORS`` (``tidal.training.executors``) and built on first use.
 """
 
 from __future__ import annotations
@@ -59,6 +69,15 @@ class JobHandle:
 
 
 @dataclass
+class JobInfo:
+    status: JobStatus
+    detail: str | None = None  # the backend's own word for where the job is (SecondaryStatus)
+    failure_reason: str | None = None
+    billable_s: float | None = None  # what was paid for (spot: less than training_s)
+    training_s: float | None = None
+
+
+@dataclass
 class JobResult:
     status: JobStatus
     exit_code: int | None
@@ -70,6 +89,7 @@ class JobResult:
 
 class Executor(ABC):
     name: str
+    detached: bool = False  # True: the job outlives this process (see the module docstring)
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> JobHandle: ...
@@ -85,3 +105,13 @@ class Executor(ABC):
 
     @abstractmethod
     def collect(self, handle: JobHandle) -> JobResult: ...
+
+    def handle_doc(self, handle: JobHandle) -> dict[str, Any]:
+        """JSON naming the job, from which ``attach`` rebuilds its handle."""
+        return {"id": handle.id}
+
+    def attach(self, spec: JobSpec, doc: dict[str, Any]) -> JobHandle:
+        raise NotImplementedError(f"the {self.name} executor's jobs end with their process")
+
+    def describe(self, handle: JobHandle) -> JobInfo:
+        return JobInfo(self.poll(handle))

@@ -33,13 +33,16 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidal.errors import EXIT_RETRY
 from tidal.lifeline import job_preexec
 from tidal.storage import Store, sha256_file
 from tidal.training import checkpoints
 from tidal.training.executors.base import Executor, JobHandle, JobResult, JobSpec, JobStatus
+
+if TYPE_CHECKING:
+    from tidal.workspace import Workspace
 
 EVENT_PREFIX = "@tidal "
 _DONE = object()
@@ -306,3 +309,7 @@ def _status(code: int) -> JobStatus:
     if code in (EXIT_RETRY, -signal.SIGTERM, -signal.SIGKILL):
         return JobStatus.INTERRUPTED
     return JobStatus.FAILED
+
+
+def build(ws: Workspace) -> LocalExecutor:
+    return LocalExecutor(ws.store, ws.path("jobs"))
